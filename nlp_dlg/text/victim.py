@@ -1,0 +1,181 @@
+"""The victim: a participant computing a masked-LM gradient on its private sentences.
+
+Only the gradient and what a participant legitimately shares (model id and checksum, task, masking
+probability, loss reduction, batch size, mode) leave this module in a gradient file: never the text,
+its token ids or its masks. The ground truth is returned separately for in-process scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import BertForMaskedLM, PreTrainedTokenizerBase
+
+from nlp_dlg import __version__
+from nlp_dlg.engine.errors import ConfigError, InputDataError
+from nlp_dlg.engine.observation import GradientObservation, save_observation
+
+logger = logging.getLogger(__name__)
+
+TASK = "masked-lm"
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Victim-side options.
+
+    Args:
+        batch_size: sentences per gradient (per file), in input order.
+        mlm_probability: fraction of tokens selected for prediction (BERT's 80/10/10 masking).
+        max_length: sentences are truncated to this many tokens, special tokens included.
+        train_mode: compute the gradient with dropout on (the model's ``training`` flag is restored).
+    """
+
+    batch_size: int = 1
+    mlm_probability: float = 0.15
+    max_length: int = 128
+    train_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
+        if not 0.0 < self.mlm_probability <= 1.0:
+            raise ConfigError(f"mlm_probability: expected a number in (0, 1], got {self.mlm_probability!r}")
+        if not isinstance(self.max_length, int) or self.max_length < 3:
+            raise ConfigError(f"max_length: expected an integer >= 3, got {self.max_length!r}")
+
+
+@dataclass(frozen=True)
+class VictimBatch:
+    """Ground truth of one captured batch (kept in memory, never written to a gradient file)."""
+
+    index: int
+    sentences: tuple[str, ...]
+    input_ids: torch.Tensor          # (B, T) the sentences' token ids
+    masked_input_ids: torch.Tensor   # (B, T) what the model saw
+    labels: torch.Tensor             # (B, T) target ids at selected positions, -100 elsewhere
+    attention_mask: torch.Tensor     # (B, T)
+
+
+def mask_tokens(input_ids: torch.Tensor, special_mask: torch.Tensor, *, probability: float,
+                mask_token_id: int, vocab_size: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: select each ordinary token with ``probability`` (at least one per sequence);
+    of those, 80% become [MASK], 10% a random token, 10% stay. Returns ``(masked_ids, labels)``."""
+    ids = input_ids.clone()                                                        # (B, T)
+    selectable = ~special_mask.bool()
+    selected = (torch.rand(ids.shape, generator=generator) < probability) & selectable
+    for row in range(ids.shape[0]):  # a sequence with no selected token would give no loss
+        if not selected[row].any() and selectable[row].any():
+            choices = selectable[row].nonzero().flatten()
+            pick = choices[torch.randint(len(choices), (1,), generator=generator)]
+            selected[row, pick] = True
+    labels = torch.where(selected, ids, torch.full_like(ids, -100))
+    roll = torch.rand(ids.shape, generator=generator)
+    to_mask = selected & (roll < 0.8)
+    to_random = selected & (roll >= 0.8) & (roll < 0.9)
+    ids[to_mask] = mask_token_id
+    ids[to_random] = torch.randint(vocab_size, (int(to_random.sum()),), generator=generator)
+    return ids, labels
+
+
+def masked_lm_gradient(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       labels: torch.Tensor, *, train_mode: bool = False) -> dict[str, torch.Tensor]:
+    """One participant's gradient: mean masked-LM loss over the selected tokens, per named parameter."""
+    was_training = model.training
+    model.train(train_mode)
+    try:
+        params = dict(model.named_parameters())
+        flags = {n: p.requires_grad for n, p in params.items()}
+        for p in params.values():
+            p.requires_grad_(True)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        grads = torch.autograd.grad(loss, list(params.values()))
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+    finally:
+        model.train(was_training)
+    return {n: g.detach() for n, g in zip(params, grads)}
+
+
+def capture_gradients(
+    model: BertForMaskedLM,
+    tokenizer: PreTrainedTokenizerBase,
+    sentences: Sequence[str],
+    config: CaptureConfig | None = None,
+    *,
+    model_info: dict[str, Any],
+    tokenizer_name: str | None = None,
+    generator: torch.Generator | None = None,
+) -> list[tuple[GradientObservation, VictimBatch]]:
+    """Compute one gradient observation per batch of ``sentences`` (in input order).
+
+    Args:
+        model: the masked-LM model (see :func:`nlp_dlg.text.load_masked_lm`).
+        tokenizer: its tokenizer.
+        sentences: private sentences.
+        config: batch size, masking probability, max length, mode.
+        model_info: :func:`nlp_dlg.text.model_metadata` of the model (how the attacker rebuilds it).
+        tokenizer_name: recorded in the metadata so the attacker loads the same vocabulary.
+        generator: draws the masks; a fresh unpredictable one when ``None`` (masks are private).
+
+    Returns:
+        ``(observation, ground_truth)`` per batch. Only the observation is meant to be shared.
+
+    Example:
+        >>> model = load_masked_lm(spec := ModelSpec(seed=0))  # doctest: +SKIP
+        >>> obs, truth = capture_gradients(model, load_tokenizer(), ["a private sentence ."],
+        ...                                model_info=model_metadata(model, spec))[0]  # doctest: +SKIP
+    """
+    config = config or CaptureConfig()
+    if isinstance(sentences, str):
+        raise InputDataError("sentences: expected a sequence of strings, got one string")
+    sentences = [s for s in sentences]
+    if not sentences:
+        raise InputDataError("sentences: expected at least one sentence, got none")
+    for i, s in enumerate(sentences):
+        if not isinstance(s, str) or not s.strip():
+            raise InputDataError(f"sentences[{i}]: expected a non-empty string, got {s!r}")
+    if generator is None:
+        generator = torch.Generator()
+        generator.seed()
+    out = []
+    for b, start in enumerate(range(0, len(sentences), config.batch_size)):
+        chunk = sentences[start:start + config.batch_size]
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=config.max_length,
+                        return_tensors="pt", return_special_tokens_mask=True)
+        masked, labels = mask_tokens(enc["input_ids"], enc["special_tokens_mask"],
+                                     probability=config.mlm_probability,
+                                     mask_token_id=tokenizer.mask_token_id,
+                                     vocab_size=model.config.vocab_size, generator=generator)
+        grads = masked_lm_gradient(model, masked, enc["attention_mask"], labels, train_mode=config.train_mode)
+        metadata = {
+            "toolkit": "nlp_dlg",
+            "toolkit_version": __version__,
+            "task": TASK,
+            "model": model_info,
+            "tokenizer": tokenizer_name,
+            "mlm_probability": config.mlm_probability,
+            "loss_reduction": "mean",
+            "batch_size": len(chunk),
+            "batch_index": b,
+            "mode": "train" if config.train_mode else "eval",
+            "defense": None,
+        }
+        truth = VictimBatch(b, tuple(chunk), enc["input_ids"], masked, labels, enc["attention_mask"])
+        out.append((GradientObservation(grads, metadata), truth))
+        logger.info("captured batch %d: %d sentence(s), %d tokens each, %d selected for prediction",
+                    b, len(chunk), enc["input_ids"].shape[1], int((labels != -100).sum()))
+    return out
+
+
+def write_observations(pairs: Sequence[tuple[GradientObservation, VictimBatch]],
+                       out_dir: str | Path) -> list[Path]:
+    """Write ``batch-000.safetensors``, ``batch-001.safetensors``, … in input order."""
+    out_dir = Path(out_dir)
+    return [save_observation(obs, out_dir / f"batch-{i:03d}.safetensors") for i, (obs, _) in enumerate(pairs)]
