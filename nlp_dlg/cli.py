@@ -77,8 +77,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--distance", choices=["l2", "cosine", "l2+l1"], default="cosine",
                    help="gradient distance (default: cosine; the paper used l2)")
     a.add_argument("--restarts", type=_positive_int, default=1, help="random restarts, best kept (default: 1)")
-    a.add_argument("--schedule", choices=["per-sample", "joint"], default="per-sample",
-                   help="batches: update sample (step mod B) per step as the paper, or all at once")
+    a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",
+                   help="batches: update all samples per step (default), or sample (step mod B) as the paper")
     a.add_argument("--no-priors", action="store_true",
                    help="the paper's algorithm as written: no label words, token set from the gradient")
     a.add_argument("--patience", type=_positive_int, default=None,
@@ -189,7 +189,8 @@ def _attack_config(args: argparse.Namespace):
 
 
 def _progress(batch: int, steps: int):
-    def report(record, texts: list[str]) -> None:
+    def report(step) -> None:
+        record, texts = step.record, step.texts
         head = (f"batch {batch} restart {record.restart} step {record.step}/{steps} evals {record.evaluations} "
                 f"dist {record.distance:.4g} best {record.best_distance:.4g} {record.elapsed:.1f}s")
         logger.info("%s\n%s", head, "\n".join(f"  [{i}] {t}" for i, t in enumerate(texts)))

@@ -59,13 +59,16 @@ class MatchingConfig:
 
     Args:
         steps: optimizer steps per restart (L-BFGS: each runs up to ``lbfgs_max_iter`` evaluations).
-        max_evaluations: stop a restart once it has spent this many gradient evaluations (None: no cap).
+        max_evaluations: a restart spends at most this many gradient evaluations, also mid-way through an
+            L-BFGS step (None: no cap).
         optimizer: ``lbfgs`` (the paper, lr 1.0) or ``adam``.
         lr: learning rate.
         distance: ``l2`` (the paper), ``cosine`` or ``l2+l1``.
         restarts: independent random initialisations; the lowest final distance wins.
-        schedule: ``per-sample`` updates sample ``step mod B`` at each step (the paper's schedule for
-            batches); ``joint`` updates the whole batch at once. Identical for ``B = 1``.
+        schedule: ``joint`` updates the whole batch at each step; ``per-sample`` updates only sample
+            ``step mod B`` (the paper's schedule for batches), each sample with its own optimizer.
+            Identical for ``B = 1``. ``joint`` is the default: on the engine's test MLP it recovers a
+            batch of two exactly where ``per-sample`` with L-BFGS stalls (tests/test_engine_matcher.py).
         lbfgs_max_iter, lbfgs_history: L-BFGS's ``max_iter`` and ``history_size``.
         tolerance: stop a restart once the distance is at or below this value.
         max_recoveries: non-finite losses survived per restart (each restarts from the best point).
@@ -77,7 +80,7 @@ class MatchingConfig:
     lr: float = 1.0
     distance: str = "l2"
     restarts: int = 1
-    schedule: str = "per-sample"
+    schedule: str = "joint"
     lbfgs_max_iter: int = 20
     lbfgs_history: int = 100
     tolerance: float = 0.0
@@ -146,6 +149,10 @@ Callback = Callable[[StepRecord], "bool | None"]
 
 
 class _NonFinite(Exception):
+    pass
+
+
+class _BudgetSpent(Exception):
     pass
 
 
@@ -229,6 +236,8 @@ class GradientMatcher:
             return {n: t.detach().clone() for n, t in current().items()}
 
         def evaluate(create_graph: bool) -> torch.Tensor:
+            if cfg.max_evaluations is not None and state["evals"] >= cfg.max_evaluations:
+                raise _BudgetSpent  # strict cap, also inside an L-BFGS step
             loss = self.plugin.task_loss(current())
             grads = torch.autograd.grad(loss, params, create_graph=create_graph)
             dist = gradient_distance(grads, target, cfg.distance)
@@ -280,6 +289,12 @@ class GradientMatcher:
                     finite = all(bool(torch.isfinite(leaf).all()) for leaf in all_leaves)
                     if not finite:
                         raise _NonFinite(dist)
+                except _BudgetSpent:
+                    step += 1
+                    history.append(state["last"])
+                    self._emit(StepRecord(restart, step, state["evals"], state["last"], state["best"],
+                                          time.perf_counter() - start, MappingProxyType(snapshot()), recoveries))
+                    break
                 except _NonFinite:
                     recoveries += 1
                     logger.warning("non-finite distance at step %d (restart %d): back to the best point "

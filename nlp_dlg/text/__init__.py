@@ -5,7 +5,7 @@ Example:
     >>> from nlp_dlg.text import capture_gradients, MaskedLMAttack  # doctest: +SKIP
 """
 
-from nlp_dlg.text.attack import METHODS, MaskedLMAttack, Reconstruction, TextAttackConfig, decode_text
+from nlp_dlg.text.attack import METHODS, MaskedLMAttack, Reconstruction, TextAttackConfig, TextStep, decode_text
 from nlp_dlg.text.data import read_sentences
 from nlp_dlg.text.metrics import pair_batch, rouge, score_batch, summarize, token_accuracy
 from nlp_dlg.text.model import (
@@ -23,7 +23,7 @@ from nlp_dlg.text.victim import CaptureConfig, VictimBatch, capture_gradients, m
 
 __all__ = [
     "METHODS", "CaptureConfig", "MaskedLMAttack", "MaskedLMPlugin", "MaskedLMPriors", "ModelSpec",
-    "Reconstruction", "TextAttackConfig", "VictimBatch", "capture_gradients", "check_vocab", "decode_text",
+    "Reconstruction", "TextAttackConfig", "TextStep", "VictimBatch", "capture_gradients", "check_vocab", "decode_text",
     "infer_priors", "load_masked_lm", "load_tokenizer", "mask_tokens", "model_from_metadata",
     "model_metadata", "pair_batch", "read_sentences", "rouge", "score_batch", "summarize",
     "token_accuracy", "weights_checksum", "write_observations",

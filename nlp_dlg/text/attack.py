@@ -27,8 +27,17 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("dlg",)
 
-TextCallback = Callable[[StepRecord, list[str]], "bool | None"]
-"""Receives the step record and the decoded text of every sequence; True stops the restart."""
+@dataclass(frozen=True)
+class TextStep:
+    """What a text callback sees: the engine's step record and the decoded candidate."""
+
+    record: StepRecord
+    texts: tuple[str, ...]      # plain text per sequence
+    token_ids: torch.Tensor     # (B, T) decoded token ids
+
+
+TextCallback = Callable[[TextStep], "bool | None"]
+"""Called every ``log_every`` steps; returning True stops the restart."""
 
 
 @dataclass(frozen=True)
@@ -137,12 +146,14 @@ class MaskedLMAttack:
             logged = record.step % every == 0 or record.step == steps
             if not (patience or (logged and self.callbacks)):
                 return False
-            texts = [decode_text(self.tokenizer, row.tolist()) for row in plugin.decode(record.candidate)]
+            ids = plugin.decode(record.candidate)
+            texts = [decode_text(self.tokenizer, row.tolist()) for row in ids]
             seen["same"] = seen["same"] + 1 if texts == seen["texts"] else 0
             seen["texts"] = texts
             stop = bool(patience) and seen["same"] >= patience
             if logged or stop:
-                stop = any([bool(cb(record, texts)) for cb in self.callbacks]) or stop
+                event = TextStep(record, tuple(texts), ids)
+                stop = any([bool(cb(event)) for cb in self.callbacks]) or stop
             return stop
 
         matcher = GradientMatcher(plugin, self.config.matching, callbacks=[on_step])

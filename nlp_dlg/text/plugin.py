@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from transformers import BertForMaskedLM
 
 from nlp_dlg.text.priors import MaskedLMPriors, parameter_name
@@ -102,8 +103,8 @@ class MaskedLMPlugin:
 
     def decode(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Token ids ``(B, T)``: per position the candidate whose first-layer input is nearest (L2);
-        the most likely position of each labelled occurrence shows its word, the original word of a
-        masked token."""
+        each labelled occurrence shows its word at its most likely position (distinct positions,
+        Hungarian assignment): the original word of a masked token."""
         with torch.no_grad():
             embeds = leaves["inputs_embeds"]                                        # (B, T, H)
             b, t, _ = embeds.shape
@@ -115,6 +116,8 @@ class MaskedLMPlugin:
             for pos, tok in self._fixed.items():
                 ids[:, pos] = tok
             if self.use_priors:
-                flat = self.label_positions(leaves["label_logits"]).reshape(b * t, -1)  # (B*T, M)
-                ids.view(-1)[flat.argmax(0)] = self.occurrences
+                where = self.label_positions(leaves["label_logits"]).reshape(b * t, -1)  # (B*T, M)
+                # each labelled position holds one word: occurrences go to distinct positions
+                _, cols = linear_sum_assignment(-where.clamp_min(1e-30).log().T.numpy())
+                ids.view(-1)[torch.as_tensor(cols)] = self.occurrences
         return ids

@@ -1,0 +1,177 @@
+"""The engine on a small sigmoid MLP: exact recovery, schedules, guards, callbacks."""
+
+import pytest
+import torch
+from torch import nn
+
+from nlp_dlg.engine import ConfigError, GradientMatcher, MatchingConfig, MatchingPlugin, StepRecord
+
+
+class MLPPlugin:
+    """Dummy inputs x (B, 4) and soft labels (B, 3) for a 4-8-3 sigmoid MLP with cross-entropy."""
+
+    def __init__(self, seed=0, nan_at=None):
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 3))
+        self.batch = 1
+        self.calls = 0
+        self.nan_at = nan_at
+
+    def matched_parameters(self):
+        return dict(self.net.named_parameters())
+
+    def init_leaves(self, generator):
+        return {"x": torch.randn(self.batch, 4, generator=generator),
+                "y": torch.randn(self.batch, 3, generator=generator)}
+
+    def task_loss(self, leaves):
+        self.calls += 1
+        loss = -(leaves["y"].softmax(-1) * self.net(leaves["x"]).log_softmax(-1)).sum(-1).mean()
+        return loss * float("nan") if self.calls == self.nan_at else loss
+
+    def project(self, leaves):
+        return None
+
+    def observe(self, x, labels):
+        self.batch = len(x)
+        loss = nn.functional.cross_entropy(self.net(x), labels)
+        grads = torch.autograd.grad(loss, list(self.net.parameters()))
+        return dict(zip(dict(self.net.named_parameters()), grads))
+
+
+X = torch.tensor([[0.5, -1.0, 2.0, 0.3], [1.5, 0.2, -0.7, -1.1]])
+LABELS = torch.tensor([2, 0])
+
+
+def _run(plugin, target, **cfg):
+    return GradientMatcher(plugin, MatchingConfig(**cfg)).run(target, generator=torch.Generator().manual_seed(0))
+
+
+def test_plugin_satisfies_the_protocol():
+    assert isinstance(MLPPlugin(), MatchingPlugin)
+
+
+def test_lbfgs_recovers_input_and_label_exactly():
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+    result = _run(plugin, target, steps=50)
+    assert result.distance < 1e-8
+    assert torch.allclose(result.leaves["x"], X[:1], atol=1e-3)
+    assert int(result.leaves["y"].argmax()) == 2
+
+
+def test_joint_schedule_recovers_a_batch_of_two():
+    plugin = MLPPlugin()
+    target = plugin.observe(X, LABELS)
+    result = _run(plugin, target, steps=120, schedule="joint")
+    got = result.leaves["x"]
+    # the order inside a batch is not identifiable: compare as a set
+    ok = torch.allclose(got, X, atol=1e-2) or torch.allclose(got.flip(0), X, atol=1e-2)
+    assert ok, got
+
+
+def test_per_sample_schedule_updates_sample_step_mod_b():
+    plugin = MLPPlugin()
+    target = plugin.observe(X, LABELS)
+    seen = []
+    GradientMatcher(plugin, MatchingConfig(steps=3, schedule="per-sample", optimizer="adam", lr=0.1),
+                    callbacks=[seen.append]).run(target, generator=torch.Generator().manual_seed(0))
+    x = [r.candidate["x"] for r in seen]  # after steps 0 (init), 1, 2, 3
+    moved = [[not torch.equal(x[k][i], x[k - 1][i]) for i in range(2)] for k in (1, 2, 3)]
+    assert moved == [[True, False], [False, True], [True, False]]
+
+
+def test_adam_reduces_the_distance_by_orders_of_magnitude():
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+    records = []
+    GradientMatcher(plugin, MatchingConfig(optimizer="adam", lr=0.05, steps=300),
+                    callbacks=[records.append]).run(target, generator=torch.Generator().manual_seed(0))
+    assert records[-1].best_distance < records[0].distance / 100
+    assert records[-1].evaluations == 301  # one per Adam step, plus the initial evaluation
+
+
+def test_non_finite_loss_restarts_from_best_and_never_returns_nan():
+    plugin = MLPPlugin(nan_at=30)
+    target = plugin.observe(X[:1], LABELS[:1])
+    result = _run(plugin, target, steps=30)
+    assert result.recoveries == 1
+    assert all(torch.isfinite(t).all() for t in result.leaves.values())
+    assert result.distance < 1e-6
+
+
+def test_evaluation_cap_is_strict_inside_lbfgs_steps():
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+    result = _run(plugin, target, steps=100, max_evaluations=33)
+    assert result.evaluations == 33
+
+
+def test_callbacks_get_immutable_records_and_can_stop():
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+    seen: list[StepRecord] = []
+
+    def callback(record):
+        seen.append(record)
+        record.candidate["x"].fill_(1e6)  # a copy: must not disturb the attack
+        return record.step == 3
+
+    result = GradientMatcher(plugin, MatchingConfig(steps=50), callbacks=[callback]).run(
+        target, generator=torch.Generator().manual_seed(0))
+    assert [r.step for r in seen] == [0, 1, 2, 3]
+    assert result.steps == 3
+    with pytest.raises(TypeError):
+        seen[0].candidate["x"] = torch.zeros(1)  # read-only mapping
+    with pytest.raises(AttributeError):
+        seen[0].step = 9  # frozen
+    assert torch.isfinite(result.leaves["x"]).all() and result.leaves["x"].abs().max() < 1e3
+
+
+def test_ctrl_c_keeps_the_best_candidate():
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+
+    def interrupt(record):
+        if record.step == 5:
+            raise KeyboardInterrupt
+
+    result = GradientMatcher(plugin, MatchingConfig(steps=50, restarts=3), callbacks=[interrupt]).run(
+        target, generator=torch.Generator().manual_seed(0))
+    assert result.interrupted and result.restart == 0
+    assert result.distance == min(result.history)
+
+
+def test_restarts_keep_the_lowest_distance():
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+    finals = []
+    GradientMatcher(plugin, MatchingConfig(steps=2, restarts=3),
+                    callbacks=[lambda r: finals.append((r.restart, r.best_distance))]).run(
+        target, generator=torch.Generator().manual_seed(1))
+    best_per_restart = {r: d for r, d in finals}
+    result = _run(plugin, target, steps=2, restarts=3)
+    assert len(best_per_restart) == 3
+    assert result.distance <= min(best_per_restart.values()) + 1e-12 or result.distance == pytest.approx(
+        min(best_per_restart.values()), rel=1e-3)
+
+
+def test_model_requires_grad_flags_are_restored():
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+    for p in plugin.net.parameters():
+        p.requires_grad_(False)
+    _run(plugin, target, steps=1)
+    assert not any(p.requires_grad for p in plugin.net.parameters())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"optimizer": "sgd"}, "optimizer: expected one of lbfgs, adam, got 'sgd'"),
+    ({"steps": 0}, "steps: expected a positive integer, got 0"),
+    ({"lr": -1.0}, "lr: expected a positive finite number"),
+    ({"schedule": "random"}, "schedule: expected one of"),
+    ({"distance": "l3"}, "distance: expected one of"),
+])
+def test_config_errors_name_parameter_expected_and_actual(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        MatchingConfig(**kwargs)

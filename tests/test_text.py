@@ -1,0 +1,158 @@
+"""The text plugin on a tiny BERT (64 wide, 2 layers) with the real bert-base-uncased vocabulary."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import SENTENCE
+from nlp_dlg.engine import GradientMatcher, MatchingConfig, ModelMismatchError, gradient_distance
+from nlp_dlg.text import (
+    MaskedLMAttack,
+    TextAttackConfig,
+    decode_text,
+    infer_priors,
+    mask_tokens,
+    model_from_metadata,
+    token_accuracy,
+)
+
+
+def test_masking_is_80_10_10_never_special_and_seeded():
+    ids = torch.randint(1000, 2000, (200, 100))
+    special = torch.zeros_like(ids)
+    special[:, 0] = special[:, -1] = 1
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    masked, labels = mask_tokens(ids, special, probability=0.15, mask_token_id=103, vocab_size=30522, generator=gen())
+    selected = labels != -100
+    assert not selected[:, 0].any() and not selected[:, -1].any()
+    assert 0.13 < selected.float().mean() < 0.17
+    assert torch.equal(labels[selected], ids[selected])
+    frac_mask = (masked[selected] == 103).float().mean()
+    frac_same = (masked[selected] == ids[selected]).float().mean()
+    assert 0.77 < frac_mask < 0.83 and 0.08 < frac_same < 0.12
+    assert torch.equal(masked[~selected], ids[~selected])
+    again, _ = mask_tokens(ids, special, probability=0.15, mask_token_id=103, vocab_size=30522, generator=gen())
+    assert torch.equal(masked, again)
+
+
+def test_masking_selects_at_least_one_token_per_sequence():
+    ids = torch.full((5, 4), 1500)
+    special = torch.tensor([[1, 0, 0, 1]] * 5)
+    _, labels = mask_tokens(ids, special, probability=1e-9, mask_token_id=103, vocab_size=30522,
+                            generator=torch.Generator().manual_seed(0))
+    assert ((labels != -100).sum(1) == 1).all()
+
+
+def test_priors_length_labels_and_token_set_are_exact(capture, tiny_model, tokenizer):
+    obs, truth = capture(["the cat and the other cat sat ."], mlm_probability=0.5, seed=3)[0]
+    priors = infer_priors(obs.gradients, tiny_model, batch_size=1)
+    assert priors.sequence_length == truth.input_ids.shape[1]
+    labelled = truth.labels[truth.labels != -100]
+    words, counts = labelled.unique(return_counts=True)
+    assert priors.label_ids.tolist() == words.tolist()
+    assert priors.label_counts.tolist() == counts.tolist()
+    assert priors.num_labelled == len(labelled)
+    expected = set(truth.masked_input_ids[0].tolist()) | set(labelled.tolist())
+    assert priors.token_set_found and set(priors.token_set.tolist()) == expected
+
+
+def test_gradient_file_metadata_never_holds_the_text_ids_or_masks(capture):
+    obs, truth = capture([SENTENCE])[0]
+    text = json.dumps(dict(obs.metadata))
+    for word in ("quick", "brown", "lazy"):
+        assert word not in text
+    assert not {"input_ids", "labels", "attention_mask", "text", "mask_seed"} & set(obs.metadata)
+    assert set(obs.metadata) >= {"model", "task", "mlm_probability", "loss_reduction", "batch_size", "mode",
+                                 "toolkit_version"}
+    assert obs.metadata["model"]["checksum"] and obs.metadata["model"]["source"] == "random-init"
+
+
+def test_train_mode_restores_the_eval_flag(capture, tiny_model, tokenizer, tiny_info):
+    from nlp_dlg.text import CaptureConfig, capture_gradients
+
+    pairs = capture_gradients(tiny_model, tokenizer, [SENTENCE], CaptureConfig(train_mode=True),
+                              model_info=tiny_info, generator=torch.Generator().manual_seed(0))
+    assert pairs[0][0].metadata["mode"] == "train" and not tiny_model.training
+
+
+def _truth_leaves(plugin, truth):
+    x = plugin.embedding[truth.masked_input_ids].clone()
+    z = torch.full((1, x.shape[1], len(plugin.occurrences)), -30.0)
+    taken = set()
+    for j, word in enumerate(plugin.occurrences.tolist()):
+        pos = next(p for p in range(x.shape[1]) if truth.labels[0, p] == word and p not in taken)
+        taken.add(pos)
+        z[0, pos, j] = 30.0
+    return {"inputs_embeds": x, "label_logits": z}
+
+
+def test_ground_truth_has_zero_distance_and_decodes_to_the_sentence(capture, tiny_model, tokenizer):
+    obs, truth = capture([SENTENCE], mlm_probability=0.3)[0]
+    plugin = MaskedLMAttack(tiny_model, tokenizer).plugin_for(obs)
+    leaves = _truth_leaves(plugin, truth)
+    params = plugin.matched_parameters()
+    grads = torch.autograd.grad(plugin.task_loss(leaves), list(params.values()))
+    assert gradient_distance(grads, [obs.gradients[n] for n in params], "cosine").item() < 1e-5
+    assert decode_text(tokenizer, plugin.decode(leaves)[0].tolist()) == decode_text(tokenizer, truth.input_ids[0])
+
+
+def test_decoding_is_invariant_to_the_layernorm_scale_and_shift(capture, tiny_model, tokenizer):
+    """The gradients see LayerNorm(word + position): decoding must see the same thing."""
+    obs, truth = capture([SENTENCE])[0]
+    plugin = MaskedLMAttack(tiny_model, tokenizer).plugin_for(obs)
+    leaves = _truth_leaves(plugin, truth)
+    emb = tiny_model.bert.embeddings
+    extra = emb.position_embeddings.weight[: leaves["inputs_embeds"].shape[1]] + emb.token_type_embeddings.weight[0]
+    moved = {**leaves, "inputs_embeds": 3.0 * (leaves["inputs_embeds"] + extra) + 0.7 - extra}
+    assert torch.equal(plugin.decode(moved), plugin.decode(leaves))
+
+
+def test_tied_embedding_weight_is_not_matched(capture, tiny_model, tokenizer):
+    obs, _ = capture([SENTENCE])[0]
+    names = set(MaskedLMAttack(tiny_model, tokenizer).plugin_for(obs).matched_parameters())
+    assert "bert.embeddings.word_embeddings.weight" not in names
+    assert "bert.embeddings.position_embeddings.weight" in names and "cls.predictions.bias" in names
+
+
+def test_dlg_recovers_a_short_sentence_on_a_tiny_bert(capture, tiny_model, tokenizer):
+    obs, truth = capture([SENTENCE], mlm_probability=1.0)[0]
+    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=60, max_evaluations=600))
+    rec = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
+    special = set(tokenizer.all_special_ids)
+    assert token_accuracy(list(rec.token_ids), truth.input_ids[0].tolist(), ignore=special) == 1.0
+    assert rec.reconstruction == "the quick brown fox jumps over the lazy dog."
+    assert rec.evaluations <= 600
+
+
+def test_text_callbacks_see_decoded_text_and_patience_stops(capture, tiny_model, tokenizer):
+    obs, _ = capture([SENTENCE], mlm_probability=1.0)[0]
+    steps = []
+    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=200), log_every=2, patience=3)
+    MaskedLMAttack(tiny_model, tokenizer, config, callbacks=[steps.append]).attack(
+        obs, generator=torch.Generator().manual_seed(0))
+    assert steps[0].record.step == 0 and all(isinstance(t, str) for t in steps[0].texts)
+    assert steps[-1].record.step < 200  # patience stopped it
+    assert steps[-1].token_ids.shape == (1, 12)
+
+
+def test_naive_dlg_runs_without_priors(capture, tiny_model, tokenizer):
+    obs, _ = capture([SENTENCE])[0]
+    config = TextAttackConfig(use_priors=False, matching=MatchingConfig(distance="l2", steps=2))
+    rec = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
+    assert rec.iterations == 2 and rec.evaluations > 2
+
+
+def test_checksum_mismatch_is_refused(tiny_info):
+    meta = {**tiny_info, "seed": 1}  # another init than the one the gradient was computed on
+    with pytest.raises(ModelMismatchError, match="checksum"):
+        model_from_metadata(meta)
+    model, _ = model_from_metadata(tiny_info)
+    assert model.config.hidden_size == 64
+
+
+def test_batch_of_two_reconstructs_two_sequences(capture, tiny_model, tokenizer):
+    obs, _ = capture(["a short one .", "and another short one ."], batch_size=2)[0]
+    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=2))
+    recs = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))
+    assert [r.index for r in recs] == [0, 1] and all(r.batch == 0 for r in recs)
