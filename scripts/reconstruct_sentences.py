@@ -62,7 +62,7 @@ def main() -> None:
     for i, (observation, truth) in enumerate(pairs):
         shown: dict[int, str] = {}
 
-        def progress(step, shown=shown) -> None:
+        def progress(step, shown=shown, i=i) -> None:
             r = step.record
             print(f"[{i}] step {r.step:>2} evals {r.evaluations:>3} dist {r.distance:.3g} {r.elapsed:6.1f}s  "
                   f"{step.texts[0]}", flush=True)

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import SENTENCE
+
 from nlp_dlg.cli import main
 from nlp_dlg.engine import load_observation, save_observation
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-
 from conftest import SENTENCE
-from nlp_dlg.engine import GradientMatcher, MatchingConfig, ModelMismatchError, gradient_distance
+
+from nlp_dlg.engine import MatchingConfig, ModelMismatchError, gradient_distance
 from nlp_dlg.text import (
     MaskedLMAttack,
     TextAttackConfig,
