@@ -107,11 +107,11 @@ def test_wrong_shape_missing_and_extra_parameters(grad_dir, tmp_path, capsys):
                     "cls.predictions.bias: expected shape (30522,), got (7,)")
 
     def drop_and_add(g):
-        del g["bert.pooler.dense.bias"]
+        del g["bert.encoder.layer.1.output.dense.bias"]
         g["extra.weight"] = torch.zeros(2)
     path = _tampered(grad_dir, tmp_path, drop_and_add)
     _one_line_error(["attack", "--gradients", path, "--out", str(tmp_path / "r")], capsys,
-                    "missing parameter(s) bert.pooler.dense.bias; unexpected parameter(s) extra.weight")
+                    "missing parameter(s) bert.encoder.layer.1.output.dense.bias; unexpected parameter(s) extra.weight")
 
 
 def test_nan_in_gradient(grad_dir, tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_empty_input_file_and_bad_batch_size(tmp_path, capsys, tiny_config_file)
     _one_line_error(["capture", "--input", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "g")], capsys,
                     "holds no sentence")
     _one_line_error(["capture", "--text", "hi there", "--batch-size", "0", "--model-config", str(tiny_config_file),
-                     "--out", str(tmp_path / "g")], capsys, "batch_size: expected a positive integer, got 0")
+                     "--out", str(tmp_path / "g")], capsys, "--batch-size: expected a positive integer, got 0")
 
 
 def test_argument_errors_exit_non_zero(tmp_path, capsys):
