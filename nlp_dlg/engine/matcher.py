@@ -283,6 +283,7 @@ class GradientMatcher:
                 if cfg.max_evaluations is not None and state["evals"] >= cfg.max_evaluations:
                     break
                 k = step % len(groups)
+                spent = False
                 try:
                     optimizers[k].step(closures[k])
                     dist = state["last"]  # the distance at the last evaluated point of this step
@@ -290,11 +291,7 @@ class GradientMatcher:
                     if not finite:
                         raise _NonFinite(dist)
                 except _BudgetSpent:
-                    step += 1
-                    history.append(state["last"])
-                    self._emit(StepRecord(restart, step, state["evals"], state["last"], state["best"],
-                                          time.perf_counter() - start, MappingProxyType(snapshot()), recoveries))
-                    break
+                    spent, dist = True, state["last"]
                 except _NonFinite:
                     recoveries += 1
                     logger.warning("non-finite distance at step %d (restart %d): back to the best point "
@@ -311,7 +308,7 @@ class GradientMatcher:
                 history.append(dist)
                 record = StepRecord(restart, step, state["evals"], dist, state["best"],
                                     time.perf_counter() - start, MappingProxyType(snapshot()), recoveries)
-                if self._emit(record) or state["best"] <= cfg.tolerance:
+                if self._emit(record) or spent or state["best"] <= cfg.tolerance:
                     break
         except KeyboardInterrupt:
             interrupted = True
