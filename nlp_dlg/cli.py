@@ -67,7 +67,9 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
 
 def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("attack")
-    a.add_argument("--method", default="dlg", choices=["dlg"], help="attack method (default: dlg)")
+    a.add_argument("--method", default="span", choices=["span", "dlg"],
+                   help="span: analytic tokens and labels from the gradient, certified, with DLG where they cannot "
+                        "settle everything; dlg: gradient matching only, the paper's method (default: span)")
     a.add_argument("--iters", type=_positive_int, default=30,
                    help="optimizer steps; one L-BFGS step runs up to 20 gradient evaluations (default: 30)")
     a.add_argument("--max-evals", type=_positive_int, default=600,
@@ -80,7 +82,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",
                    help="batches: update all samples per step (default), or sample (step mod B) as the paper")
     a.add_argument("--no-priors", action="store_true",
-                   help="the paper's algorithm as written: no label words, token set from the gradient")
+                   help="with --method dlg: the paper's algorithm as written (no label words or token set "
+                        "from the gradient)")
     a.add_argument("--patience", type=_positive_int, default=None,
                    help="stop once the decoded text is unchanged for this many steps (default: run all)")
     a.add_argument("--log-every", type=_positive_int, default=1, help="report decoded text every N steps (default: 1)")

@@ -46,8 +46,9 @@ def test_capture_then_attack_in_two_processes(grad_dir, tmp_path):
 def test_attack_with_text_scores_and_prints_a_summary(tiny_config_file, tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO)
     out = tmp_path / "r.jsonl"
-    code = main(["attack", "--text", SENTENCE, "--model-config", str(tiny_config_file), "--mlm-probability", "1.0",
-                 "--mask-seed", "0", "--iters", "60", "--log-every", "10", "--out", str(out)])
+    code = main(["attack", "--method", "dlg", "--text", SENTENCE, "--model-config", str(tiny_config_file),
+                 "--mlm-probability", "1.0", "--mask-seed", "0", "--iters", "60", "--log-every", "10",
+                 "--out", str(out)])
     assert code == 0
     row = json.loads(out.read_text())
     assert row["token_accuracy"] == 1.0 and row["exact_match"] and row["rouge1"] == 1.0
@@ -55,6 +56,18 @@ def test_attack_with_text_scores_and_prints_a_summary(tiny_config_file, tmp_path
     printed = capsys.readouterr().out
     assert "mean" in printed and "tokacc" in printed
     assert any("step 10/60" in r.getMessage() for r in caplog.records)  # progress: decoded text per logged step
+
+
+def test_default_span_method_certifies_and_reports(tiny_config_file, tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "r.jsonl"
+    code = main(["attack", "--text", SENTENCE, "--model-config", str(tiny_config_file), "--mask-seed", "0",
+                 "--out", str(out)])
+    assert code == 0
+    row = json.loads(out.read_text())
+    assert row["method"] == "span" and row["certified"] and row["gradient_evaluations"] == 0
+    assert row["exact_match"] and row["token_accuracy"] == 1.0
+    assert any("step 0/" in r.getMessage() and "fox" in r.getMessage() for r in caplog.records)
 
 
 def test_help_and_version(capsys):

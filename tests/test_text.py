@@ -138,7 +138,7 @@ def test_text_callbacks_see_decoded_text_and_patience_stops(capture, tiny_model,
 
 def test_naive_dlg_runs_without_priors(capture, tiny_model, tokenizer):
     obs, _ = capture([SENTENCE])[0]
-    config = TextAttackConfig(use_priors=False, matching=MatchingConfig(distance="l2", steps=2))
+    config = TextAttackConfig(method="dlg", use_priors=False, matching=MatchingConfig(distance="l2", steps=2))
     rec = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
     assert rec.iterations == 2 and rec.evaluations > 2
 

@@ -1,14 +1,23 @@
-"""The attacker: reconstruct sentences from one masked-LM gradient observation with DLG.
+"""The attacker: reconstruct sentences from one masked-LM gradient observation.
 
-``dlg`` here is DLG's gradient matching (dummy embeddings + soft labels + nearest-token decoding,
-L-BFGS) with priors read off the gradient itself: sequence length, label words and the token set
-(:mod:`nlp_dlg.text.priors`), and cosine distance by default. ``use_priors=False`` with ``l2`` is the
-paper's algorithm as written, kept for comparison.
+Methods:
+
+* ``span`` (default): the analytic leakage of :mod:`nlp_dlg.text.analytic` (tokens from the first
+  attention layer's span, sentences certified by the second layer's, labels placed from the head's
+  gradient) combined with DLG: when the analytics cannot certify every sentence (train-mode dropout,
+  noise, more tokens than the hidden size, a missing gradient), the gradient matching below takes over,
+  started from the analytic guess where there is one. Output: the original sentences, masked words
+  filled in.
+* ``dlg``: DLG's gradient matching (dummy embeddings + soft labels + nearest-token decoding, L-BFGS)
+  with priors read off the gradient itself: sequence length, label words and the token set
+  (:mod:`nlp_dlg.text.priors`), and cosine distance by default. ``use_priors=False`` with ``l2`` is the
+  paper's algorithm as written, kept for comparison.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,16 +25,26 @@ from typing import Any
 import torch
 from transformers import BertForMaskedLM, PreTrainedTokenizerBase
 
+from nlp_dlg.engine.distance import gradient_distance
 from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.matcher import GradientMatcher, MatchingConfig, StepRecord
 from nlp_dlg.engine.observation import GradientObservation
+from nlp_dlg.text.analytic import (
+    SpanUnavailable,
+    assemble_batch,
+    attention_input_span,
+    place_labels,
+    position_candidates,
+)
 from nlp_dlg.text.plugin import MaskedLMPlugin
-from nlp_dlg.text.priors import infer_priors
-from nlp_dlg.text.victim import TASK
+from nlp_dlg.text.priors import MaskedLMPriors, infer_priors
+from nlp_dlg.text.victim import TASK, masked_lm_gradient
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("dlg",)
+METHODS = ("span", "dlg")
+CERTIFY_DISTANCE = 1e-4  # cosine distance between the guess's own gradient and the observed one: exact
+
 
 @dataclass(frozen=True)
 class TextStep:
@@ -45,7 +64,7 @@ class TextAttackConfig:
     """Attacker options.
 
     Args:
-        method: ``dlg`` (gradient matching; see the module docstring).
+        method: ``span`` (analytic leakage + DLG) or ``dlg`` (gradient matching); see the module docstring.
         use_priors: read sequence length, labels and token set off the gradient (False: the paper as written).
         matching: the engine's options (optimizer, distance, steps, evaluation cap, restarts, schedule).
         log_every: decode and report every this many steps (and at step 0 and the last step).
@@ -53,7 +72,7 @@ class TextAttackConfig:
             (None: run all steps). The attacker needs no ground truth for this.
     """
 
-    method: str = "dlg"
+    method: str = "span"
     use_priors: bool = True
     matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="cosine", max_evaluations=600))
     log_every: int = 1
@@ -64,6 +83,8 @@ class TextAttackConfig:
             raise ConfigError(f"patience: expected a positive integer or None, got {self.patience!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "span" and not self.use_priors:
+            raise ConfigError("use_priors=False (no priors) is the paper's plain DLG: use it with method 'dlg'")
         if not isinstance(self.log_every, int) or self.log_every <= 0:
             raise ConfigError(f"log_every: expected a positive integer, got {self.log_every!r}")
 
@@ -82,12 +103,15 @@ class Reconstruction:
     seconds: float
     method: str
     interrupted: bool = False
+    certified: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON-lines record (``iterations`` are optimizer steps, ``gradient_evaluations`` closures)."""
+        """The JSON-lines record (``iterations`` are optimizer steps, ``gradient_evaluations`` closures;
+        ``certified``: the analytic checks found this sequence exactly, no matching was needed)."""
         return {"batch": self.batch, "index": self.index, "reconstruction": self.reconstruction,
                 "loss": self.loss, "iterations": self.iterations, "gradient_evaluations": self.evaluations,
-                "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted}
+                "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted,
+                "certified": self.certified}
 
 
 def decode_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
@@ -117,28 +141,95 @@ class MaskedLMAttack:
         self.config = config or TextAttackConfig()
         self.callbacks = tuple(callbacks)
 
-    def plugin_for(self, observation: GradientObservation) -> MaskedLMPlugin:
-        """The engine plugin for one observation (priors read off its gradient)."""
+    def _batch_size(self, observation: GradientObservation) -> int:
         task = observation.metadata.get("task", TASK)
         if task != TASK:
             raise ConfigError(f"gradient task: expected {TASK!r}, got {task!r}")
         batch_size = int(observation.metadata.get("batch_size", 1))
         if batch_size <= 0:
             raise ConfigError(f"batch_size in gradient metadata: expected a positive integer, got {batch_size}")
-        priors = infer_priors(observation.gradients, self.model, batch_size)
+        return batch_size
+
+    def plugin_for(self, observation: GradientObservation, *, priors: MaskedLMPriors | None = None,
+                   initial_ids: torch.Tensor | None = None) -> MaskedLMPlugin:
+        """The engine plugin for one observation (priors read off its gradient unless given; the
+        matching starts from ``initial_ids (B, T)`` when given)."""
+        batch_size = self._batch_size(observation)
+        priors = priors or infer_priors(observation.gradients, self.model, batch_size)
         tok = self.tokenizer
         # Every BERT input starts with [CLS]; a single sequence has no padding, so it ends with [SEP].
         boundary = (tok.cls_token_id, tok.sep_token_id if batch_size == 1 else None)
-        return MaskedLMPlugin(self.model, priors, batch_size, use_priors=self.config.use_priors, boundary=boundary)
+        return MaskedLMPlugin(self.model, priors, batch_size, use_priors=self.config.use_priors, boundary=boundary,
+                              initial_ids=initial_ids)
 
     def attack(self, observation: GradientObservation, *, generator: torch.Generator,
                batch: int | None = None) -> list[Reconstruction]:
         """Reconstruct every sequence of the observed batch."""
         observation.check_shapes({n: p.shape for n, p in self.model.named_parameters()})
-        plugin = self.plugin_for(observation)
         batch = int(observation.metadata.get("batch_index", 0)) if batch is None else batch
-        every, steps = self.config.log_every, self.config.matching.steps
+        batch_size = self._batch_size(observation)
+        priors = infer_priors(observation.gradients, self.model, batch_size) if self.config.use_priors else None
+        initial = None
+        if self.config.method == "span" and priors is not None:
+            started = time.perf_counter()
+            guess = self._analytic(observation, priors, batch_size, generator)
+            if guess is not None:
+                ids, inputs, certified, distance = guess
+                seconds = time.perf_counter() - started
+                texts = [decode_text(self.tokenizer, row.tolist()) for row in ids]
+                record = StepRecord(0, 0, 0, distance, distance, seconds, {})
+                for cb in self.callbacks:
+                    cb(TextStep(record, tuple(texts), ids))
+                if certified:
+                    logger.info("batch %d: every sentence certified by the span checks (%.1fs, gradient cosine "
+                                "distance %.2g)", batch, seconds, distance)
+                    return [Reconstruction(batch, i, tuple(row.tolist()), text, distance, 0, 0, seconds,
+                                           self.config.method, certified=True)
+                            for i, (row, text) in enumerate(zip(ids, texts))]
+                logger.warning("batch %d: the span checks did not certify every sentence: gradient matching "
+                               "from the analytic guess", batch)
+                initial = inputs
+        return self._match(observation, priors, generator, batch, initial)
 
+    def _analytic(self, observation: GradientObservation, priors: MaskedLMPriors, batch_size: int,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, bool, float] | None:
+        """The span checks and analytic labels: ``(original ids (B, T), input ids the model saw (B, T),
+        certified, gradient cosine distance of the guess)``, or None where the checks cannot work (logged)."""
+        grads, tok, length = observation.gradients, self.tokenizer, priors.sequence_length
+        try:
+            span1 = attention_input_span(grads, self.model, 0, batch_size * length)
+            candidates = position_candidates(self.model, span1, priors.token_set, length)
+            logger.info("span check: rank %d; candidates per position %s", span1.rank,
+                        [len(c) for c in candidates])
+            span2 = attention_input_span(grads, self.model, 1, batch_size * length)
+            sentences = assemble_batch(self.model, span2, candidates, batch_size, cls_id=tok.cls_token_id,
+                                       sep_id=tok.sep_token_id, generator=generator)
+            if not sentences:
+                raise SpanUnavailable("no sentence fits the attention spans")
+            sentences += sentences[-1:] * (batch_size - len(sentences))
+            inputs = torch.full((batch_size, length), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros(batch_size, length, dtype=torch.long)
+            for i, s in enumerate(sentences):
+                inputs[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
+                mask[i, :len(s.token_ids)] = 1
+            labels, misfit = place_labels(self.model, grads, inputs, mask, priors)
+        except SpanUnavailable as exc:
+            logger.warning("span check unavailable (%s): gradient matching only", exc)
+            return None
+        ids = torch.where(labels != -100, labels, inputs)
+        own = masked_lm_gradient(self.model, inputs, mask, labels)
+        names = list(grads)
+        distance = float(gradient_distance([own[n] for n in names], [grads[n] for n in names], "cosine"))
+        # the certificate: the guess, fed to the model, gives the observed gradient back
+        certified = distance < CERTIFY_DISTANCE
+        logger.info("span check: %d/%d sentence(s) fit the second layer, label misfit %.2g, gradient cosine distance %.2g",
+                    sum(s.certified for s in sentences), batch_size, misfit, distance)
+        return ids, inputs, certified, distance
+
+    def _match(self, observation: GradientObservation, priors: MaskedLMPriors | None, generator: torch.Generator,
+               batch: int, initial_ids: torch.Tensor | None) -> list[Reconstruction]:
+        plugin = self.plugin_for(observation, priors=priors, initial_ids=initial_ids)
+        every, steps = self.config.log_every, self.config.matching.steps
         patience = self.config.patience
         seen = {"texts": None, "same": 0}
 

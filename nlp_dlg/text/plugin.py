@@ -40,10 +40,13 @@ class MaskedLMPlugin:
         boundary: ``(first, last)`` token ids every sequence starts/ends with (BERT: [CLS], [SEP]), or
             None where unknown; such positions are decoded as these tokens and carry no label.
             (With padding in a batch the last position varies: pass ``last=None``.)
+        initial_ids: ``(B, T)`` token ids to start the first restart from (their embeddings), e.g. an
+            analytic guess; later restarts start at random.
     """
 
     def __init__(self, model: BertForMaskedLM, priors: MaskedLMPriors, batch_size: int,
-                 *, use_priors: bool = True, boundary: tuple[int | None, int | None] = (None, None)) -> None:
+                 *, use_priors: bool = True, boundary: tuple[int | None, int | None] = (None, None),
+                 initial_ids: torch.Tensor | None = None) -> None:
         self.model = model
         self.priors = priors
         self.batch_size = batch_size
@@ -56,6 +59,9 @@ class MaskedLMPlugin:
         self.occurrences = priors.label_ids.repeat_interleave(priors.label_counts)  # (M,)
         self.boundary = boundary
         t = priors.sequence_length
+        if initial_ids is not None and tuple(initial_ids.shape) != (batch_size, t):
+            raise ValueError(f"initial_ids: expected shape {(batch_size, t)}, got {tuple(initial_ids.shape)}")
+        self._initial = initial_ids
         self._fixed = {pos: tok for pos, tok in ((0, boundary[0]), (t - 1, boundary[1])) if tok is not None}
         self._label_mask = torch.zeros(batch_size, t, 1)                           # (B, T, 1)
         for pos in self._fixed:
@@ -68,6 +74,9 @@ class MaskedLMPlugin:
         b, t, h = self.batch_size, self.priors.sequence_length, self.embedding.shape[1]
         scale = float(self.embedding.std())
         embeds = torch.randn(b, t, h, generator=generator) * scale                 # (B, T, H)
+        if self._initial is not None:
+            embeds = self.embedding[self._initial].clone()
+            self._initial = None
         if self.use_priors:
             logits = 0.01 * torch.randn(b, t, len(self.occurrences), generator=generator)  # (B, T, M)
         else:

@@ -1,0 +1,135 @@
+"""The analytic leakage steps on a small random-init BERT (128 wide, 3 layers: the second layer must
+not be the last, whose query gradient vanishes off the labelled positions): spans, candidates, batch
+assembly, label placement, and the ``span`` attack with its fallback to gradient matching."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from nlp_dlg.engine import MatchingConfig
+from nlp_dlg.text import MaskedLMAttack, TextAttackConfig, decode_text, infer_priors
+from nlp_dlg.text.analytic import (
+    SpanUnavailable,
+    assemble_batch,
+    attention_input_span,
+    place_labels,
+    position_candidates,
+)
+
+PAIR = ["the cat sat on the mat .", "a dog ran far away ."]
+SMALL = {"hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 256}
+
+
+@pytest.fixture(scope="module")
+def small():
+    from nlp_dlg.text import ModelSpec, load_masked_lm, model_metadata
+
+    spec = ModelSpec(seed=0, config=dict(SMALL))
+    model = load_masked_lm(spec)
+    return model, model_metadata(model, spec)
+
+
+@pytest.fixture
+def capture(small, tokenizer):
+    from nlp_dlg.text import CaptureConfig, capture_gradients
+
+    def run(sentences, *, mlm_probability=0.15, batch_size=1, seed=0, train_mode=False):
+        config = CaptureConfig(batch_size=batch_size, mlm_probability=mlm_probability, train_mode=train_mode)
+        return capture_gradients(small[0], tokenizer, sentences, config, model_info=small[1],
+                                 generator=torch.Generator().manual_seed(seed))
+    return run
+
+
+@pytest.fixture
+def tiny_model(small):
+    return small[0]
+
+
+def test_first_layer_span_holds_every_input_and_rejects_others(capture, tiny_model, tokenizer):
+    obs, truth = capture(["the quick brown fox jumps ."])[0]
+    ids = truth.masked_input_ids[0]
+    span = attention_input_span(obs.gradients, tiny_model, 0, max_rank=len(ids))
+    # one sequence: every (token, position) input is distinct, so the rank is the sequence length
+    assert span.rank == len(ids)
+    priors = infer_priors(obs.gradients, tiny_model, 1)
+    candidates = position_candidates(tiny_model, span, torch.arange(tokenizer.vocab_size), len(ids))
+    for p, cand in enumerate(candidates):
+        assert int(cand[0]) == int(ids[p])      # the true token fits best, out of the whole vocabulary
+        assert len(cand) == 1                    # and alone: one sentence has no ambiguity here
+    assert set(ids.tolist()) <= set(priors.token_set.tolist())
+
+
+def test_labels_are_placed_exactly_from_the_head_gradient(capture, tiny_model):
+    obs, truth = capture(PAIR, batch_size=2, mlm_probability=0.3, seed=3)[0]
+    priors = infer_priors(obs.gradients, tiny_model, 2)
+    labels, misfit = place_labels(tiny_model, obs.gradients, truth.masked_input_ids, truth.attention_mask, priors)
+    assert torch.equal(labels, truth.labels)
+    assert misfit < 1e-3
+
+
+def test_wrong_input_gives_a_large_label_misfit(capture, tiny_model):
+    obs, truth = capture(PAIR[:1], mlm_probability=0.3, seed=3)[0]
+    priors = infer_priors(obs.gradients, tiny_model, 1)
+    wrong = truth.masked_input_ids.clone()
+    wrong[0, 1:-1] = wrong[0, 1:-1].flip(0)
+    _, misfit = place_labels(tiny_model, obs.gradients, wrong, truth.attention_mask, priors)
+    assert misfit > 1e-2
+
+
+def test_batch_of_two_assembles_into_certified_sentences(capture, tiny_model, tokenizer):
+    obs, truth = capture(PAIR, batch_size=2, seed=1)[0]
+    priors = infer_priors(obs.gradients, tiny_model, 2)
+    length = priors.sequence_length
+    span1 = attention_input_span(obs.gradients, tiny_model, 0, 2 * length)
+    span2 = attention_input_span(obs.gradients, tiny_model, 1, 2 * length)
+    candidates = position_candidates(tiny_model, span1, priors.token_set, length)
+    found = assemble_batch(tiny_model, span2, candidates, 2, cls_id=tokenizer.cls_token_id,
+                           sep_id=tokenizer.sep_token_id, generator=torch.Generator().manual_seed(0))
+    assert all(s.certified for s in found)
+    expected = {tuple(row[m.bool()].tolist()) for row, m in zip(truth.masked_input_ids, truth.attention_mask)}
+    assert {s.token_ids for s in found} == expected
+
+
+def test_span_is_unavailable_when_noise_fills_the_rank(capture, tiny_model):
+    obs, _ = capture(["the quick brown fox jumps ."])[0]
+    noisy = dict(obs.gradients)
+    for name in list(noisy):
+        if ".layer.0.attention.self." in name:
+            noise = torch.randn(noisy[name].shape, generator=torch.Generator().manual_seed(0))
+            noisy[name] = noisy[name] + 1e-2 * noise
+    with pytest.raises(SpanUnavailable, match="noise fills the rank"):
+        attention_input_span(noisy, tiny_model, 0, max_rank=8)
+    missing = {k: v for k, v in obs.gradients.items() if ".layer.0.attention.self.query" not in k}
+    with pytest.raises(SpanUnavailable, match="lacks"):
+        attention_input_span(missing, tiny_model, 0, max_rank=8)
+
+
+def test_span_attack_certifies_a_batch_without_gradient_matching(capture, tiny_model, tokenizer):
+    obs, truth = capture(PAIR, batch_size=2, seed=1)[0]
+    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=5))
+    recs = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))
+    assert all(r.certified and r.evaluations == 0 for r in recs)
+    assert {r.reconstruction for r in recs} == {decode_text(tokenizer, row.tolist()) for row in truth.input_ids}
+    assert max(r.loss for r in recs) < 1e-4   # the reconstruction's own gradient matches the observed one
+
+
+def test_span_attack_falls_back_to_matching_in_train_mode(capture, tiny_model, tokenizer, caplog):
+    assert tiny_model.config.hidden_dropout_prob > 0
+    obs, _ = capture(PAIR[:1], train_mode=True)[0]
+    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=5))
+    with caplog.at_level(logging.WARNING):
+        recs = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))
+    assert not recs[0].certified and recs[0].evaluations > 0
+    assert "gradient matching" in caplog.text
+    assert recs[0].reconstruction  # never an empty string
+
+
+def test_span_method_refuses_the_no_priors_switch():
+    from nlp_dlg.engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="method 'dlg'"):
+        TextAttackConfig(method="span", use_priors=False)
+    assert TextAttackConfig(method="dlg", use_priors=False).method == "dlg"
