@@ -64,8 +64,8 @@ def main() -> None:
                         reached[key.replace("evals", "seconds")] = round(step.record.elapsed, 1)
                 return acc >= 1.0
 
-            config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=1000,
-                                                              max_evaluations=args.max_evals))
+            matching = MatchingConfig(distance="cosine", steps=1000, max_evaluations=args.max_evals)
+            config = TextAttackConfig(method="dlg", matching=matching)
             attack = MaskedLMAttack(model, tokenizer, config, callbacks=[harness])
             rec = attack.attack(load_observation(path), generator=torch.Generator().manual_seed(i))[0]
             row = {"sentence": sentence, "tokens": len(reference), "reconstruction": rec.reconstruction,

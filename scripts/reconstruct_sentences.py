@@ -55,8 +55,8 @@ def main() -> None:
     info = model_metadata(model, spec)
     pairs = capture_gradients(model, tokenizer, SENTENCES, CaptureConfig(batch_size=1), model_info=info,
                               generator=torch.Generator().manual_seed(2019))
-    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=args.iters,
-                                                      max_evaluations=args.max_evals), patience=args.patience)
+    matching = MatchingConfig(distance="cosine", steps=args.iters, max_evaluations=args.max_evals)
+    config = TextAttackConfig(method="dlg", matching=matching, patience=args.patience)
     rows, table = [], []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for i, (observation, truth) in enumerate(pairs):

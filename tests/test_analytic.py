@@ -133,3 +133,18 @@ def test_span_method_refuses_the_no_priors_switch():
     with pytest.raises(ConfigError, match="method 'dlg'"):
         TextAttackConfig(method="span", use_priors=False)
     assert TextAttackConfig(method="dlg", use_priors=False).method == "dlg"
+
+
+def test_checkpoint_without_mlm_head_gets_a_reproducible_head(tmp_path, caplog):
+    from transformers import BertConfig, BertModel
+
+    from nlp_dlg.text import ModelSpec, load_masked_lm, weights_checksum
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(**SMALL), add_pooling_layer=True).save_pretrained(tmp_path)  # an encoder only
+    with caplog.at_level(logging.WARNING):
+        first = load_masked_lm(ModelSpec(name_or_path=str(tmp_path)))
+    assert "no masked-LM head" in caplog.text
+    second = load_masked_lm(ModelSpec(name_or_path=str(tmp_path)))
+    assert weights_checksum(first) == weights_checksum(second)   # victim and attacker rebuild the same head
+    assert first.cls.predictions.decoder.weight is first.bert.embeddings.word_embeddings.weight

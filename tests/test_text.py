@@ -117,7 +117,8 @@ def test_tied_embedding_weight_is_not_matched(capture, tiny_model, tokenizer):
 
 def test_dlg_recovers_a_short_sentence_on_a_tiny_bert(capture, tiny_model, tokenizer):
     obs, truth = capture([SENTENCE], mlm_probability=1.0)[0]
-    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=60, max_evaluations=600))
+    matching = MatchingConfig(distance="cosine", steps=60, max_evaluations=600)
+    config = TextAttackConfig(method="dlg", matching=matching)
     rec = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
     special = set(tokenizer.all_special_ids)
     assert token_accuracy(list(rec.token_ids), truth.input_ids[0].tolist(), ignore=special) == 1.0
@@ -128,7 +129,8 @@ def test_dlg_recovers_a_short_sentence_on_a_tiny_bert(capture, tiny_model, token
 def test_text_callbacks_see_decoded_text_and_patience_stops(capture, tiny_model, tokenizer):
     obs, _ = capture([SENTENCE], mlm_probability=1.0)[0]
     steps = []
-    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=200), log_every=2, patience=3)
+    config = TextAttackConfig(method="dlg", matching=MatchingConfig(distance="cosine", steps=200), log_every=2,
+                              patience=3)
     MaskedLMAttack(tiny_model, tokenizer, config, callbacks=[steps.append]).attack(
         obs, generator=torch.Generator().manual_seed(0))
     assert steps[0].record.step == 0 and all(isinstance(t, str) for t in steps[0].texts)
@@ -153,6 +155,6 @@ def test_checksum_mismatch_is_refused(tiny_info):
 
 def test_batch_of_two_reconstructs_two_sequences(capture, tiny_model, tokenizer):
     obs, _ = capture(["a short one .", "and another short one ."], batch_size=2)[0]
-    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=2))
+    config = TextAttackConfig(method="dlg", matching=MatchingConfig(distance="cosine", steps=2))
     recs = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))
     assert [r.index for r in recs] == [0, 1] and all(r.batch == 0 for r in recs)

@@ -222,8 +222,8 @@ class MaskedLMAttack:
         distance = float(gradient_distance([own[n] for n in names], [grads[n] for n in names], "cosine"))
         # the certificate: the guess, fed to the model, gives the observed gradient back
         certified = distance < CERTIFY_DISTANCE
-        logger.info("span check: %d/%d sentence(s) fit the second layer, label misfit %.2g, gradient cosine distance %.2g",
-                    sum(s.certified for s in sentences), batch_size, misfit, distance)
+        logger.info("span check: %d/%d sentence(s) fit the second layer, label misfit %.2g, gradient cosine "
+                    "distance %.2g", sum(s.certified for s in sentences), batch_size, misfit, distance)
         return ids, inputs, certified, distance
 
     def _match(self, observation: GradientObservation, priors: MaskedLMPriors | None, generator: torch.Generator,

@@ -62,13 +62,34 @@ def load_masked_lm(spec: ModelSpec | None = None) -> BertForMaskedLM:
                     sum(p.numel() for p in model.parameters()) / 1e6)
     else:
         try:
-            model = BertForMaskedLM.from_pretrained(spec.name_or_path, attn_implementation="eager")
+            model, info = BertForMaskedLM.from_pretrained(spec.name_or_path, attn_implementation="eager",
+                                                          output_loading_info=True)
         except OSError as exc:
             raise ConfigError(f"model: cannot load {spec.name_or_path!r} (not a local checkpoint "
                               f"directory, and no hub or cache has it): {str(exc).splitlines()[0]}") from exc
+        missing = [k for k in info.get("missing_keys", ()) if k.startswith("cls.")]
+        if missing:
+            _init_head(model, spec.seed)
+            logger.warning("%s has no masked-LM head (%d missing tensors): initialised one from seed %d (the "
+                           "decoder stays tied to the pretrained word embeddings)", spec.name_or_path,
+                           len(missing), spec.seed)
         logger.info("loaded masked LM from %s", spec.name_or_path)
     model.eval()
     return model
+
+
+def _init_head(model: BertForMaskedLM, seed: int) -> None:
+    """Initialise the MLM head's transform and bias reproducibly (both sides must get the same weights);
+    the decoder weight is the tied word-embedding matrix and is left alone."""
+    transform = model.cls.predictions.transform
+    std = model.config.initializer_range
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        transform.dense.weight.normal_(0.0, std)
+        transform.dense.bias.zero_()
+        transform.LayerNorm.weight.fill_(1.0)
+        transform.LayerNorm.bias.zero_()
+        model.cls.predictions.bias.zero_()
 
 
 def weights_checksum(model: torch.nn.Module) -> str:

