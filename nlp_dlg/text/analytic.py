@@ -91,13 +91,18 @@ def attention_input_span(gradients: Mapping[str, torch.Tensor], model: BertForMa
     return Span(vh[:rank].T.contiguous(), rel)
 
 
-def first_layer_inputs(model: BertForMaskedLM, token_ids: torch.Tensor, position: int) -> torch.Tensor:
-    """``LayerNorm(word + position + token type 0)`` of each token at ``position``: ``(K, H)``."""
+def embedding_output(model: BertForMaskedLM, word: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
+    """``LayerNorm(word + position + token type 0)``: what the first encoder layer sees, for word
+    embeddings ``word (…, H)`` at ``positions`` (an index, or indices broadcasting against ``word``'s
+    leading dimensions)."""
     emb = model.bert.embeddings
+    return emb.LayerNorm(word + emb.position_embeddings.weight[positions] + emb.token_type_embeddings.weight[0])
+
+
+def first_layer_inputs(model: BertForMaskedLM, token_ids: torch.Tensor, position: int) -> torch.Tensor:
+    """:func:`embedding_output` of each token at ``position``: ``(K, H)``."""
     with torch.no_grad():
-        z = (emb.word_embeddings.weight[token_ids] + emb.position_embeddings.weight[position]
-             + emb.token_type_embeddings.weight[0])
-        return emb.LayerNorm(z)
+        return embedding_output(model, model.bert.embeddings.word_embeddings.weight[token_ids], position)
 
 
 def position_candidates(model: BertForMaskedLM, span: Span, token_ids: torch.Tensor, length: int,
@@ -129,10 +134,8 @@ class _FirstLayer:
 
     def inputs(self, ids: torch.Tensor) -> torch.Tensor:
         """First-layer inputs of one unpadded sequence ``ids (L,)``: ``(L, H)``."""
-        emb = self.model.bert.embeddings
-        z = (emb.word_embeddings.weight[ids] + emb.position_embeddings.weight[:len(ids)]
-             + emb.token_type_embeddings.weight[0])
-        return emb.LayerNorm(z)
+        word = self.model.bert.embeddings.word_embeddings.weight[ids]
+        return embedding_output(self.model, word, torch.arange(len(ids)))
 
     def _after_attention(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         lay = self.layer

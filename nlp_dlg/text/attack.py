@@ -168,9 +168,9 @@ class MaskedLMAttack:
         observation.check_shapes({n: p.shape for n, p in self.model.named_parameters()})
         batch = int(observation.metadata.get("batch_index", 0)) if batch is None else batch
         batch_size = self._batch_size(observation)
-        priors = infer_priors(observation.gradients, self.model, batch_size) if self.config.use_priors else None
+        priors = infer_priors(observation.gradients, self.model, batch_size)
         initial = None
-        if self.config.method == "span" and priors is not None:
+        if self.config.method == "span":  # the config refuses span without priors
             started = time.perf_counter()
             guess = self._analytic(observation, priors, batch_size, generator)
             if guess is not None:
@@ -226,7 +226,7 @@ class MaskedLMAttack:
                     "distance %.2g", sum(s.certified for s in sentences), batch_size, misfit, distance)
         return ids, inputs, certified, distance
 
-    def _match(self, observation: GradientObservation, priors: MaskedLMPriors | None, generator: torch.Generator,
+    def _match(self, observation: GradientObservation, priors: MaskedLMPriors, generator: torch.Generator,
                batch: int, initial_ids: torch.Tensor | None) -> list[Reconstruction]:
         plugin = self.plugin_for(observation, priors=priors, initial_ids=initial_ids)
         every, steps = self.config.log_every, self.config.matching.steps

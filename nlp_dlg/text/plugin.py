@@ -25,6 +25,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import BertForMaskedLM
 
+from nlp_dlg.text.analytic import embedding_output
 from nlp_dlg.text.priors import MaskedLMPriors, parameter_name
 
 
@@ -105,10 +106,7 @@ class MaskedLMPlugin:
 
         The gradients only constrain this: the LayerNorm is invariant to a scale and shift of its
         input, so a dummy embedding is identifiable only up to those, and is decoded in this space."""
-        emb = self.model.bert.embeddings
-        t = embeds.shape[-2]
-        extra = emb.position_embeddings.weight[:t] + emb.token_type_embeddings.weight[0]  # (T, H)
-        return emb.LayerNorm(embeds + extra)
+        return embedding_output(self.model, embeds, torch.arange(embeds.shape[-2]))
 
     def decode(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Token ids ``(B, T)``: per position the candidate whose first-layer input is nearest (L2);
