@@ -112,7 +112,7 @@ def main() -> None:
                     done = subprocess.run([sys.executable, __file__, "--one", "--gradients", tmp, "--method", method,
                                            "--batch-size", str(bs), "--sentences", str(args.sentences),
                                            "--max-evals", str(args.max_evals)],
-                                          check=True, capture_output=True, text=True)
+                                          check=True, stdout=subprocess.PIPE, text=True)
                     row = {"model": model, "batch_size": bs, "method": method, "max_evals": args.max_evals,
                            **json.loads(done.stdout.strip().splitlines()[-1])}
                     with args.out.open("a") as out:

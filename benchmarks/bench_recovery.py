@@ -33,17 +33,20 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sentences", type=Path, default=HERE / "data" / "public_domain_sentences.txt")
-    ap.add_argument("--limit", type=int, default=None, help="first N sentences only")
+    ap.add_argument("--limit", type=int, default=8, help="first N sentences (default 8: the batch-1 set)")
+    ap.add_argument("--start", type=int, default=0,
+                    help="skip the first N sentences and append to recovery.jsonl (resume a stopped run)")
     ap.add_argument("--max-evals", type=int, default=600)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()][: args.limit]
+    first = args.start
     tokenizer = load_tokenizer()
     special = set(tokenizer.all_special_ids)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, (args.out / "recovery.jsonl").open("w") as out:
+    with tempfile.TemporaryDirectory() as tmp, (args.out / "recovery.jsonl").open("a" if first else "w") as out:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--input", str(args.sentences),
                         "--out", tmp, "--mask-seed", "1234"], check=True)
@@ -51,6 +54,8 @@ def main() -> None:
         files = find_gradient_files(tmp)[: len(sentences)]
         model, _ = model_from_metadata(load_observation(files[0]).metadata["model"])
         for i, (path, sentence) in enumerate(zip(files, sentences)):
+            if i < first:
+                continue
             reference = tokenizer(sentence)["input_ids"]
             reached: dict[str, int] = {}
             curve: list[tuple[int, float, float]] = []
@@ -78,6 +83,8 @@ def main() -> None:
             rows.append(row)
             print(f"[{i}] acc={row['final_token_accuracy']:.3f} evals>=0.9: {reached.get('evals_to_0.9')} "
                   f"evals=1.0: {reached.get('evals_to_1.0')} {row['seconds']}s  {rec.reconstruction}", flush=True)
+    # the summary covers every row of the file (a resumed run's earlier rows included)
+    rows = [json.loads(line) for line in (args.out / "recovery.jsonl").read_text().splitlines() if line.strip()]
     n = len(rows)
     summary = {
         "sentences": n, "max_evaluations": args.max_evals, "capture_seconds_all": round(capture_seconds, 1),

@@ -25,6 +25,7 @@ from nlp_dlg.engine.observation import (
     find_gradient_files,
     load_observation,
     save_observation,
+    weights_checksum,
 )
 
 __all__ = [
@@ -32,5 +33,5 @@ __all__ = [
     "GradientMatcher", "GradientMismatchError", "GradientObservation", "InputDataError",
     "MatchingConfig", "MatchingPlugin", "MatchingResult", "ModelMismatchError", "NlpDlgError",
     "NonFiniteGradientError", "StepRecord", "find_gradient_files", "gradient_distance",
-    "load_observation", "save_observation",
+    "load_observation", "save_observation", "weights_checksum",
 ]

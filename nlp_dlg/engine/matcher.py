@@ -1,7 +1,8 @@
 """The gradient-matching loop (DLG, Algorithm 1), shared by every modality.
 
 The engine knows nothing of text or images. A *plugin* says which model parameters are matched, how to
-draw dummy leaves (batch-first tensors), the task loss on dummy data, and how to project after a step.
+draw dummy leaves (batch-first tensors), the task loss on dummy data, how to project after a step, and
+optionally a prior added to the objective (``regularizer``, e.g. total variation for images).
 The engine owns the rest: dummy gradients by double backprop, the distance to the observation, the
 optimizer (L-BFGS as in the paper, or Adam), the paper's per-sample schedule for batches, restarts,
 the non-finite guard, best-candidate tracking, callbacks and Ctrl-C.
@@ -51,6 +52,13 @@ class MatchingPlugin(Protocol):
     def project(self, leaves: Mapping[str, torch.Tensor]) -> None:
         """Project leaves in place after a step (called under ``torch.no_grad``)."""
         ...
+
+
+def _regularizer(plugin: MatchingPlugin) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None:
+    """A plugin may add a prior to the objective with ``regularizer(leaves) -> scalar`` (e.g. total
+    variation for images); it is optional, so the protocol above does not list it."""
+    fn = getattr(plugin, "regularizer", None)
+    return fn if callable(fn) else None
 
 
 @dataclass(frozen=True)
@@ -228,6 +236,7 @@ class GradientMatcher:
                   else [[parts[n][0] for n in parts]])
         all_leaves = [leaf for group in groups for leaf in group]
         state = {"evals": 0, "best": math.inf, "best_leaves": None, "last": math.inf}
+        prior = _regularizer(self.plugin)
 
         def current() -> dict[str, torch.Tensor]:
             return {n: torch.cat(ps, 0) if len(ps) > 1 else ps[0] for n, ps in parts.items()}
@@ -238,9 +247,12 @@ class GradientMatcher:
         def evaluate(create_graph: bool) -> torch.Tensor:
             if cfg.max_evaluations is not None and state["evals"] >= cfg.max_evaluations:
                 raise _BudgetSpent  # strict cap, also inside an L-BFGS step
-            loss = self.plugin.task_loss(current())
+            leaves = current()
+            loss = self.plugin.task_loss(leaves)
             grads = torch.autograd.grad(loss, params, create_graph=create_graph)
             dist = gradient_distance(grads, target, cfg.distance)
+            if prior is not None:
+                dist = dist + prior(leaves)
             state["evals"] += 1
             value = float(dist.detach())
             state["last"] = value

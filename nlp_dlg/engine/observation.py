@@ -8,6 +8,7 @@ byte of it is interpreted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import struct
@@ -163,3 +164,14 @@ def find_gradient_files(path: str | Path) -> list[Path]:
             raise GradientFileError(f"{path}: directory holds no *.safetensors gradient files")
         return files
     return [path]
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """SHA-256 over every parameter and buffer (sorted by name): identifies the exact weights a gradient
+    was computed on, so the attacker can check that it rebuilt the same model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()

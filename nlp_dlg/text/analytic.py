@@ -8,10 +8,13 @@
 * **Sentences**. With a batch, the first-layer check is not enough: at random init the embedding
   LayerNorm is a plain centring and scaling, so the span is closed under ``x(v,p) − x(v,q) + x(w,q)`` and
   a token seen anywhere passes at many positions. The second layer decides: its span holds the first
-  layer's *outputs*, which depend on the whole sequence. :func:`assemble_batch` searches, per sequence
-  length, for sentences whose every first-layer output lies in the second layer's span (coordinate
-  descent over the candidates, all positions updated at once); a sentence passes only when every
-  position fits to float32 precision, so what it returns is certified, not guessed.
+  layer's *outputs*, which depend on the whole sequence. In any context, a (token, position) pair of
+  the batch lands about twice as near that span as one that is not (:func:`pair_filter`, which leaves
+  at most B tokens per position). :func:`assemble_batch` then searches, per sequence length, for
+  sentences whose every first-layer output lies in the second layer's span: a relaxed start (a softmax
+  mixture of the kept tokens per position, annealed to one-hot) polished by coordinate descent; a
+  sentence passes only when every position fits to float32 precision, so what it returns is certified,
+  not guessed.
 * **Labels**. The head computes ``z = dense(u)``, ``n = LN(gelu(z))``, ``logits = W n + b``. The dense
   weight gradient is ``K = Σ_t a_t u_tᵀ / M`` with ``a_t = ∂CE_t/∂z_t``, zero at unlabelled positions.
   Once the input is known a forward pass gives every ``u_t``; with the ``u_t`` independent (B·T ≤ H),
@@ -21,6 +24,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -38,6 +42,10 @@ logger = logging.getLogger(__name__)
 MIN_SPAN_GAP = 10.0       # a span's smallest kept singular value stands this factor above the next one
 RESIDUAL_MAX = 1e-3       # relative distance to a span below which a vector counts as inside it
 CERTIFY_MAX = 1e-4        # mean second-layer residual of a certified sentence
+PAIR_GAP = 1.5            # residual jump that separates a batch's (token, position) pairs from the rest
+RELAX_STEPS = 200         # Adam steps of one relaxed start
+RELAX_FINAL_TEMPERATURE = 0.05
+AVOID_WEIGHT = 2e-3       # penalty on a found sentence's tokens (the residual² of a mixture is ~4e-4)
 
 
 class SpanUnavailable(GradientMismatchError):
@@ -146,6 +154,15 @@ class _FirstLayer:
         """Layer output for the whole sequence ``x (L, H)``."""
         return self.substituted(x, torch.arange(len(x)), x)
 
+    def full_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Layer outputs for sequences ``x (S, L, H)`` of one length (differentiable in ``x``)."""
+        att = self.layer.attention.self
+        s, length, _ = x.shape
+        q, k, v = (m(x).view(s, length, self.heads, self.head_dim) for m in (att.query, att.key, att.value))
+        scores = torch.einsum("slhd,sthd->shlt", q, k) / math.sqrt(self.head_dim)          # (S, nh, L, L)
+        context = torch.einsum("shlt,sthd->slhd", scores.softmax(-1), v)                   # (S, L, nh, hd)
+        return self._after_attention(context.reshape(s, length, -1), x)
+
     def substituted(self, x: torch.Tensor, positions: torch.Tensor, options: torch.Tensor) -> torch.Tensor:
         """Output at ``positions[n]`` if the input there were ``options[n]`` (the rest of ``x`` kept): ``(N, H)``.
 
@@ -180,103 +197,174 @@ class AssembledSentence:
 
 
 def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, flat_pos: torch.Tensor, flat_ids: torch.Tensor,
-             flat_inputs: torch.Tensor, max_sweeps: int, keep: int, anchor: bool = False) -> torch.Tensor:
+             flat_inputs: torch.Tensor, max_sweeps: int) -> torch.Tensor:
     """Coordinate descent, all inner positions at once: each takes the candidate whose substituted
-    first-layer output is nearest the second layer's span, the rest of the sentence held fixed. After
-    the first sweep only the ``keep`` best candidates per position stay in play. ``anchor``: the first
-    word (position 1) stays as given."""
-    length = len(ids)
-    if anchor:
-        other = flat_pos != 1
-        flat_pos, flat_ids, flat_inputs = flat_pos[other], flat_ids[other], flat_inputs[other]
-    for sweep in range(max_sweeps):
-        x = first.inputs(ids)
-        res = span2.residual(first.substituted(x, flat_pos, flat_inputs))                   # (N,)
+    first-layer output is nearest the second layer's span, the rest of the sentence held fixed. It finds
+    the sentence from a start with about three quarters of its tokens right, not from a random one."""
+    for _ in range(max_sweeps):
+        res = span2.residual(first.substituted(first.inputs(ids), flat_pos, flat_inputs))      # (N,)
         new = ids.clone()
-        kept = []
-        for p in range(2 if anchor else 1, length - 1):
+        for p in range(1, len(ids) - 1):
             sel = (flat_pos == p).nonzero().flatten()
-            order = sel[res[sel].argsort()]
-            new[p] = flat_ids[order[0]]
-            kept.append(order[:keep])
+            new[p] = flat_ids[sel[res[sel].argmin()]]
         if torch.equal(new, ids):
             break
         ids = new
-        if sweep == 0:
-            chosen = torch.cat(kept)
-            flat_pos, flat_ids, flat_inputs = flat_pos[chosen], flat_ids[chosen], flat_inputs[chosen]
     return ids
 
 
-def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int, *,
-                   cls_id: int, sep_id: int, generator: torch.Generator, starts_per_length: int | None = None,
-                   max_sweeps: int = 12) -> list[AssembledSentence]:
-    """Find up to ``batch_size`` distinct sentences whose first-layer outputs lie in ``span2``.
+def pair_filter(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int, *,
+                generator: torch.Generator, gap: float = PAIR_GAP) -> list[torch.Tensor]:
+    """Per position: the candidates that sit there in some sentence of the batch.
 
-    Sequence lengths are tried longest first, from where ``[SEP]`` is a candidate. Pass 1: each start
-    draws a token per position from its candidates (preferring tokens no sentence found so far has
-    there) and descends; a length is abandoned after three fruitless starts. Pass 2, while sentences
-    are missing (a found sentence's prefix can attract every start at a shorter length): per length,
-    the first word is held at each candidate no found sentence starts with. Returns the certified
-    sentences, then, if fewer than ``batch_size`` were certified, the best uncertified ones.
+    The first layer's span is closed under moving a token to another position, so at random init every
+    token of the batch passes everywhere. The second layer separates them: placed in any context (here a
+    random sentence of candidates), a (token, position) pair of the batch has a first-layer output about
+    half as far from the second layer's span as a pair that is not. Per position the kept tokens are those
+    below the largest jump among the ``batch_size + 1`` nearest when that jump is at least ``gap``x; all
+    of them when there is no such jump (small models separate less) or no more than ``batch_size``.
     """
     first = _FirstLayer(model)
-    starts_per_length = starts_per_length or 2 * batch_size + 2
-    lengths = [p + 1 for p in range(len(candidates) - 1, 1, -1)
-               if bool((candidates[p] == sep_id).any()) and bool((candidates[0] == cls_id).any())]
+    length = len(candidates)
+    if sum(len(c) for c in candidates) == 0:
+        return list(candidates)
+    with torch.no_grad():
+        pool = torch.cat(list(candidates))         # a position with no candidate borrows any token as context
+        context = torch.stack([(c if len(c) else pool)[torch.randint(len(c) or len(pool), (1,), generator=generator)][0]
+                               for c in candidates])
+        flat_pos = torch.cat([torch.full((len(c),), p) for p, c in enumerate(candidates)])
+        flat_inputs = torch.cat([first_layer_inputs(model, c, p) for p, c in enumerate(candidates)])
+        res = span2.residual(first.substituted(first.inputs(context), flat_pos, flat_inputs))
+    kept = []
+    for p in range(length):
+        r, order = res[flat_pos == p].sort()
+        k = len(r)                                 # no more candidates than sentences: all may be right
+        if len(r) > batch_size:
+            ratios = r[1:batch_size + 1] / r[:batch_size].clamp_min(1e-30)
+            if float(ratios.max()) >= gap:
+                k = int(ratios.argmax()) + 1
+        kept.append(candidates[p][order[:k]])
+    return kept
+
+
+def _relaxed_starts(first: _FirstLayer, span2: Span, options: Sequence[torch.Tensor], avoid: Sequence[torch.Tensor],
+                    starts: int, generator: torch.Generator, steps: int = RELAX_STEPS) -> torch.Tensor:
+    """Starts for :func:`_descend`, ``(starts, L)``: each position a softmax mixture over its ``options``
+    (first-layer inputs mixed, ``[CLS]``/``[SEP]`` fixed), the mean squared second-layer residual of the
+    layer's outputs minimised by Adam while the softmax temperature anneals to near one-hot, then
+    rounded. ``avoid`` (sentences already found at this length) adds a penalty on their tokens, so the
+    starts look for another sentence."""
+    model = first.model
+    xs = [first_layer_inputs(model, c, p) for p, c in enumerate(options)]                  # per position (n_p, H)
+    basis = span2.basis.float()
+    logits = [torch.randn(starts, len(c), generator=generator).requires_grad_(True) for c in options]
+    fixed = [p for p, c in enumerate(options) if len(c) == 1]
+    hits = [torch.stack([(c == s[p]).float() for s in avoid]) if avoid else None for p, c in enumerate(options)]
+    optimizer = torch.optim.Adam(logits, lr=0.1)
+    for it in range(steps):
+        temperature = RELAX_FINAL_TEMPERATURE ** (it / steps)
+        weights = [(lg / temperature).softmax(-1) for lg in logits]                         # per position (S, n_p)
+        x = torch.stack([w @ xx for w, xx in zip(weights, xs)], dim=1)                      # (S, L, H)
+        h = first.full_batch(x)                                                             # (S, L, H)
+        residual = (h - (h @ basis) @ basis.T).norm(dim=-1) / h.norm(dim=-1)                # (S, L)
+        loss = residual.pow(2).mean(-1).sum()
+        if avoid:
+            overlap = torch.stack([w @ hit.T for p, (w, hit) in enumerate(zip(weights, hits))
+                                   if p not in fixed]).mean(0)                              # (S, found)
+            loss = loss + AVOID_WEIGHT * overlap.pow(2).sum()
+        # gradients for the logits only: the model's parameters and their .grad stay untouched
+        for lg, g in zip(logits, torch.autograd.grad(loss, logits)):
+            lg.grad = g
+        optimizer.step()
+    return torch.stack([torch.stack([c[lg[s].argmax()] for c, lg in zip(options, logits)]) for s in range(starts)])
+
+
+def length_counts(lengths: Sequence[int], batch_size: int, tokens: int) -> dict[int, int] | None:
+    """How many sentences have each length, when the numbers say so unambiguously.
+
+    Every length holds at least one sentence; the second layer's span has one dimension per token of the
+    batch, so the lengths of the ``batch_size`` sentences sum to its rank ``tokens``. Returns the counts
+    when exactly one multiset of lengths fits, else None."""
+    extra = batch_size - len(lengths)
+    rest = tokens - sum(lengths)
+    if extra < 0 or not lengths or math.comb(len(lengths) + extra - 1, extra) > 200_000:
+        return None
+    fits = [combo for combo in itertools.combinations_with_replacement(sorted(lengths), extra) if sum(combo) == rest]
+    if len(fits) != 1:
+        return None
+    return {n: 1 + fits[0].count(n) for n in lengths}
+
+
+def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int, *,
+                   cls_id: int, sep_id: int, generator: torch.Generator, starts: int = 8,
+                   max_sweeps: int = 12, max_fruitless: int = 2) -> list[AssembledSentence]:
+    """Find up to ``batch_size`` distinct sentences whose first-layer outputs lie in ``span2``.
+
+    :func:`pair_filter` keeps, per position, the tokens that sit there in some sentence; the lengths
+    are where ``[SEP]`` is kept. A *round* at one length draws ``starts`` relaxed starts
+    (:func:`_relaxed_starts`), polishes each by :func:`_descend` and keeps the new sentences whose
+    second-layer residual certifies them. When :func:`length_counts` pins down how many sentences each
+    length holds, each length gets rounds until they are found; otherwise lengths are visited longest
+    first, a length again while its rounds find new sentences. Then, while sentences are missing, the
+    lengths with none found yet (each holds at least one) and the others, until every length had
+    ``max_fruitless`` rounds in a row without a new sentence. Returns the certified sentences, then, if
+    fewer than ``batch_size`` were certified, the best uncertified ones.
+    """
+    first = _FirstLayer(model)
+    with torch.enable_grad():
+        kept = pair_filter(model, span2, candidates, batch_size, generator=generator)
+    logger.debug("pair filter: tokens per position %s", [len(k) for k in kept])
+    lengths = [p + 1 for p in range(len(kept) - 1, 1, -1)
+               if bool((kept[p] == sep_id).any()) and bool((kept[0] == cls_id).any())]
     found: dict[tuple[int, ...], AssembledSentence] = {}
     failures: list[AssembledSentence] = []
-    def attempt(length: int, start: list[int], flat: tuple[torch.Tensor, ...], anchor: bool) -> bool:
-        ids = _descend(first, span2, torch.tensor(start), *flat, max_sweeps, keep=batch_size + 2, anchor=anchor)
-        residual = float(span2.residual(first.full(first.inputs(ids))).mean())
-        sentence = AssembledSentence(tuple(ids.tolist()), residual)
-        if sentence.certified and sentence.token_ids not in found:
-            found[sentence.token_ids] = sentence
-            logger.debug("assembled a certified sentence of %d tokens (residual %.2g)", length, residual)
-            return True
-        logger.debug("length %d: start ended at residual %.2g (%s)", length, residual,
-                     "a sentence found before" if sentence.token_ids in found else "not certified")
-        if sentence.token_ids not in found:
-            failures.append(sentence)
-        return False
+    fruitless = dict.fromkeys(lengths, 0)
+    searches = {}
+    for length in lengths:
+        options = [torch.tensor([cls_id])] + [k[k != sep_id] for k in kept[1:length - 1]] + [torch.tensor([sep_id])]
+        if all(len(o) for o in options):
+            searches[length] = (options, (torch.cat([torch.full((len(c),), p) for p, c in enumerate(options)]),
+                                          torch.cat(options),
+                                          torch.cat([first_layer_inputs(model, c, p) for p, c in enumerate(options)])))
 
-    with torch.no_grad():
-        flats = {}
-        for length in lengths:
-            inner = [candidates[p][candidates[p] != sep_id] for p in range(1, length - 1)]
-            if any(len(c) == 0 for c in inner):
-                continue
-            flats[length] = (inner, (torch.cat([torch.full((len(c),), p + 1) for p, c in enumerate(inner)]),
-                                     torch.cat(inner),
-                                     torch.cat([first_layer_inputs(model, c, p + 1) for p, c in enumerate(inner)])))
-        # pass 1: random starts per length, preferring tokens no found sentence has at that position
-        for length, (inner, flat) in flats.items():
-            fruitless = 0
-            for _ in range(starts_per_length):
-                if len(found) >= batch_size or fruitless >= 3:
-                    break
-                # a found sentence (or its prefix) attracts every start: draw other tokens where possible
-                used = [{s.token_ids[p] for s in found.values() if p < len(s.token_ids)} for p in range(length)]
-                start = [cls_id]
-                for p, c in enumerate(inner, start=1):
-                    fresh = torch.tensor([int(t) not in used[p] for t in c])
-                    pool = c[fresh] if bool(fresh.any()) else c
-                    start.append(int(pool[torch.randint(len(pool), (1,), generator=generator)]))
-                fruitless = 0 if attempt(length, start + [sep_id], flat, anchor=False) else fruitless + 1
-        # pass 2: the first word held fixed at each candidate no found sentence starts with
-        for length, (inner, flat) in flats.items():
-            if len(found) >= batch_size:
-                break
-            firsts = {s.token_ids[1] for s in found.values() if len(s.token_ids) > 2}
-            for word in inner[0].tolist():
-                if len(found) >= batch_size:
-                    break
-                if word in firsts:
+    def one_round(length: int) -> int:
+        options, flat = searches[length]
+        avoid = [torch.tensor(s) for s in found if len(s) == length]
+        with torch.enable_grad():
+            begun = _relaxed_starts(first, span2, options, avoid, starts, generator)
+        new = 0
+        with torch.no_grad():
+            for start in begun:
+                ids = _descend(first, span2, start, *flat, max_sweeps)
+                residual = float(span2.residual(first.full(first.inputs(ids))).mean())
+                sentence = AssembledSentence(tuple(ids.tolist()), residual)
+                if sentence.token_ids in found or len(found) >= batch_size:
                     continue
-                start = [cls_id, word] + [int(c[torch.randint(len(c), (1,), generator=generator)]) for c in inner[1:]]
-                if attempt(length, start + [sep_id], flat, anchor=True):
-                    firsts.add(found[next(reversed(found))].token_ids[1])
-    result = list(found.values())
+                if sentence.certified:
+                    found[sentence.token_ids] = sentence
+                    new += 1
+                    logger.debug("assembled a certified sentence of %d tokens (residual %.2g)", length, residual)
+                else:
+                    failures.append(sentence)
+        fruitless[length] = 0 if new else fruitless[length] + 1
+        return new
+
+    quota = length_counts(list(searches), batch_size, span2.rank)
+    if quota is not None:                                 # each length until its count is found
+        logger.debug("sentences per length (from the second span's rank %d): %s", span2.rank, quota)
+        for length, count in quota.items():
+            while sum(len(s) == length for s in found) < count and fruitless[length] < max_fruitless + 1:
+                one_round(length)
+    for length in searches:                               # otherwise each length while it yields
+        while len(found) < batch_size and fruitless[length] == 0 and one_round(length):
+            pass
+    while len(found) < batch_size:                        # then retry, lengths with no sentence first
+        open_lengths = [n for n in searches if fruitless[n] < max_fruitless]
+        if not open_lengths:
+            break
+        have = {len(s) for s in found}
+        one_round(min(open_lengths, key=lambda n: (n in have, -n)))
+    result = list(found.values())[:batch_size]
     if len(result) < batch_size:
         logger.warning("certified %d of %d sentence(s) from the attention spans", len(result), batch_size)
         result += sorted(failures, key=lambda s: s.residual)[: batch_size - len(result)]

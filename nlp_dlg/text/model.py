@@ -4,7 +4,6 @@ CPU), plus the tokenizer and a checksum of the exact weights."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerBase
 
 from nlp_dlg.engine.errors import ConfigError, ModelMismatchError
+from nlp_dlg.engine.observation import weights_checksum
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +90,6 @@ def _init_head(model: BertForMaskedLM, seed: int) -> None:
         transform.LayerNorm.weight.fill_(1.0)
         transform.LayerNorm.bias.zero_()
         model.cls.predictions.bias.zero_()
-
-
-def weights_checksum(model: torch.nn.Module) -> str:
-    """SHA-256 over every parameter and buffer (sorted by name): identifies the exact weights."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def model_metadata(model: BertForMaskedLM, spec: ModelSpec) -> dict[str, Any]:

@@ -1,0 +1,139 @@
+"""Victim models of the paper's image experiments, in plain torch (torchvision has no CPU build here).
+
+* :class:`LeNet`: the network of the public DLG code: three 5x5 convolutions of 12 channels (strides
+  2, 2, 1, padding 2), sigmoid after each, one linear layer; weights and biases uniform in [-0.5, 0.5].
+* :class:`ResNet`: the CIFAR ResNets of He et al. (ResNet-20/32/56: 3 stages of n basic blocks, 16/32/64
+  channels) as the DLG paper modified them: ReLU replaced by sigmoid (twice differentiable everywhere)
+  and every stride removed, so the last stage still sees the full image before global average pooling.
+  Batch norm runs in eval mode by default (running statistics), as the victim's default mode.
+
+Any other ``nn.Module`` works through the Python API; :func:`build_model` and
+:func:`model_from_metadata` cover the named ones so that the attacker rebuilds the exact victim from a
+gradient file's metadata (name, classes, input shape, seed) and checks the weights' checksum.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from nlp_dlg.engine.errors import ConfigError, ModelMismatchError
+from nlp_dlg.engine.observation import weights_checksum
+
+logger = logging.getLogger(__name__)
+
+RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet56": 9}
+MODELS = ("lenet", *RESNET_DEPTHS)
+
+
+class LeNet(nn.Module):
+    """DLG's LeNet: ``(B, C, S, S)`` images to ``(B, num_classes)`` logits."""
+
+    def __init__(self, num_classes: int = 100, channels: int = 3, image_size: int = 32) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 12, kernel_size=5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=2), nn.Sigmoid(),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1), nn.Sigmoid(),
+        )
+        side = math.ceil(math.ceil(image_size / 2) / 2)
+        self.fc = nn.Linear(12 * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))                                  # (B, K)
+
+
+class _Block(nn.Module):
+    """A basic residual block (two 3x3 convolutions), sigmoid instead of ReLU, stride 1."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+                         if cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.sigmoid(self.bn1(self.conv1(x)))
+        return torch.sigmoid(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR ResNet with ``blocks`` blocks per stage (3: ResNet-20, 5: ResNet-32, 9: ResNet-56), sigmoid,
+    no strides."""
+
+    def __init__(self, blocks: int, num_classes: int = 100, channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.Sigmoid())
+        layers, cin = [], 16
+        for cout in (16, 32, 64):
+            for _ in range(blocks):
+                layers.append(_Block(cin, cout))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.stages(self.stem(x)).mean((2, 3)))                  # (B, K)
+
+
+@dataclass(frozen=True)
+class VisionModelSpec:
+    """A named victim model: ``name`` in :data:`MODELS`, classes, input shape, init seed."""
+
+    name: str = "lenet"
+    num_classes: int = 100
+    channels: int = 3
+    image_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise ConfigError(f"model: expected one of {', '.join(MODELS)}, got {self.name!r}")
+        for field_name in ("num_classes", "channels", "image_size"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{field_name}: expected a positive integer, got {value!r}")
+        if self.num_classes < 2:
+            raise ConfigError(f"num_classes: expected at least 2, got {self.num_classes}")
+
+
+def build_model(spec: VisionModelSpec | None = None) -> nn.Module:
+    """The model of ``spec``, initialised from its seed (reproducibly, without touching global RNG state),
+    in eval mode."""
+    spec = spec or VisionModelSpec()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        if spec.name == "lenet":
+            model: nn.Module = LeNet(spec.num_classes, spec.channels, spec.image_size)
+            for p in model.parameters():        # the DLG code's init: every weight and bias U(-0.5, 0.5)
+                nn.init.uniform_(p, -0.5, 0.5)
+        else:
+            model = ResNet(RESNET_DEPTHS[spec.name], spec.num_classes, spec.channels)
+    logger.info("built %s (%d classes, %dx%dx%d input, seed %d), %d parameters", spec.name, spec.num_classes,
+                spec.channels, spec.image_size, spec.image_size, spec.seed, sum(p.numel() for p in model.parameters()))
+    return model.eval()
+
+
+def model_metadata(model: nn.Module, spec: VisionModelSpec) -> dict[str, Any]:
+    """What a participant shares about its model: how to rebuild it and a checksum of the exact weights."""
+    return {**asdict(spec), "checksum": weights_checksum(model)}
+
+
+def model_from_metadata(meta: dict[str, Any]) -> tuple[nn.Module, VisionModelSpec]:
+    """Rebuild the victim model from a gradient file's ``model`` metadata and check its checksum."""
+    try:
+        spec = VisionModelSpec(**{k: meta[k] for k in ("name", "num_classes", "channels", "image_size", "seed")})
+    except KeyError as exc:
+        raise ModelMismatchError(f"gradient metadata lacks model field {exc}: not a vision-dlg gradient file?") from exc
+    model = build_model(spec)
+    expected = meta.get("checksum")
+    if expected and weights_checksum(model) != expected:
+        raise ModelMismatchError(f"the rebuilt {spec.name} (seed {spec.seed}) does not match the gradient file's "
+                                 "weights checksum: the victim used other weights")
+    return model, spec

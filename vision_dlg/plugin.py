@@ -1,0 +1,80 @@
+"""The image plugin of the engine: dummy pixels and (soft or known) labels.
+
+Leaves: ``images (B, C, S, S)``, drawn from a standard normal as in the DLG code, and, when the labels
+are not known, label logits ``(B, K)`` (DLG's soft labels: the loss is the cross-entropy against their
+softmax). With labels read off the gradient (iDLG, :mod:`vision_dlg.labels`) only the pixels are
+optimised. Every parameter's gradient is matched. Optional prior: total variation of the images
+(Inverting Gradients, Geiping et al. 2020), added to the objective with weight ``tv``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of neighbouring pixels of ``images (B, C, H, W)``."""
+    dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean()
+    dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean()
+    return dx + dy
+
+
+class ImagePlugin:
+    """Engine plugin for image-classification gradients.
+
+    Args:
+        model: the victim classifier (its mode is the caller's).
+        batch_size: images in the observed batch.
+        image_shape: ``(C, S, S)``.
+        num_classes: K.
+        labels: ``(B,)`` known labels (e.g. from :func:`vision_dlg.labels.infer_labels`), or None to
+            optimise soft labels as DLG.
+        tv: weight of the total-variation prior (0: none, as DLG).
+        clamp: project the pixels into [0, 1] after each step.
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
+                 *, labels: torch.Tensor | None = None, tv: float = 0.0, clamp: bool = False) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.tv = float(tv)
+        self.clamp = clamp
+        self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def matched_parameters(self) -> Mapping[str, torch.Tensor]:
+        return self._params
+
+    def init_leaves(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        leaves = {"images": torch.randn(self.batch_size, *self.image_shape, generator=generator)}
+        if self.labels is None:
+            leaves["labels"] = torch.randn(self.batch_size, self.num_classes, generator=generator)
+        return leaves
+
+    def task_loss(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        logits = self.model(leaves["images"])                                       # (B, K)
+        if self.labels is not None:
+            return F.cross_entropy(logits, self.labels)
+        soft = leaves["labels"].softmax(-1)                                          # (B, K)
+        return -(soft * logits.log_softmax(-1)).sum(-1).mean()
+
+    def project(self, leaves: Mapping[str, torch.Tensor]) -> None:
+        if self.clamp:
+            leaves["images"].clamp_(0, 1)
+
+    def regularizer(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if self.tv == 0.0:
+            return torch.zeros(())
+        return self.tv * total_variation(leaves["images"])
+
+    def decode(self, leaves: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images (B, C, S, S) clipped to [0, 1], labels (B,))``."""
+        images = leaves["images"].detach().clamp(0, 1)
+        labels = self.labels if self.labels is not None else leaves["labels"].detach().argmax(-1)
+        return images, labels

@@ -1,0 +1,94 @@
+"""The victim: one image-classification training step's gradient, shared as a gradient observation.
+
+The observation holds the gradient of every named parameter (mean cross-entropy over the batch) and what
+a participant legitimately shares about it: how to rebuild the model and a checksum of its weights, the
+task, the batch size, the input shape, the mode. Never the images or their labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nlp_dlg import __version__
+from nlp_dlg.engine.errors import ConfigError, InputDataError
+from nlp_dlg.engine.observation import GradientObservation
+
+logger = logging.getLogger(__name__)
+
+TASK = "image-classification"
+
+
+@dataclass(frozen=True)
+class VisionBatch:
+    """Ground truth of one captured batch (kept in memory, never written to a gradient file)."""
+
+    index: int
+    images: torch.Tensor    # (B, C, S, S) in [0, 1]
+    labels: torch.Tensor    # (B,)
+
+
+def image_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                   train_mode: bool = False) -> dict[str, torch.Tensor]:
+    """Gradients of the mean cross-entropy of ``model`` on ``images (B, C, S, S)`` with ``labels (B,)``,
+    per named parameter. The model's ``training`` flag is restored."""
+    was_training = model.training
+    model.train(train_mode)
+    try:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        loss = F.cross_entropy(model(images), labels)
+        grads = torch.autograd.grad(loss, [p for _, p in named])
+    finally:
+        model.train(was_training)
+    return {n: g.detach().clone() for (n, _), g in zip(named, grads)}
+
+
+def capture_images(model: nn.Module, images: torch.Tensor, labels: Sequence[int] | torch.Tensor, *,
+                   batch_size: int = 1, model_info: dict[str, Any], train_mode: bool = False
+                   ) -> list[tuple[GradientObservation, VisionBatch]]:
+    """One gradient observation per batch of ``images (N, C, S, S)`` (in input order).
+
+    Args:
+        model: the victim classifier.
+        images: the private images, floats in [0, 1].
+        labels: their classes, ``0 <= label < num_classes``.
+        batch_size: images per gradient.
+        model_info: :func:`vision_dlg.models.model_metadata` (how the attacker rebuilds the model).
+        train_mode: compute the gradient in train mode (batch norm on batch statistics).
+
+    Returns:
+        ``(observation, ground_truth)`` per batch; only the observation is meant to be shared.
+    """
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        raise ConfigError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if images.ndim != 4:
+        raise InputDataError(f"images: expected (N, C, S, S), got shape {tuple(images.shape)}")
+    if len(labels) != len(images):
+        raise InputDataError(f"labels: expected one per image ({len(images)}), got {len(labels)}")
+    classes = int(model_info.get("num_classes", 0))
+    bad = [int(v) for v in labels if not 0 <= int(v) < classes]
+    if bad:
+        raise InputDataError(f"labels: expected integers in [0, {classes}), got {bad[:3]}")
+    expected = (model_info.get("channels"), model_info.get("image_size"), model_info.get("image_size"))
+    if tuple(images.shape[1:]) != expected:
+        raise InputDataError(f"images: expected shape (N, {expected[0]}, {expected[1]}, {expected[2]}), "
+                             f"got {tuple(images.shape)}")
+    if not bool(torch.isfinite(images).all()):
+        raise InputDataError("images: contain NaN or Inf")
+    out = []
+    for index, start in enumerate(range(0, len(images), batch_size)):
+        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        grads = image_gradient(model, x, y, train_mode=train_mode)
+        meta = {"toolkit": "vision_dlg", "toolkit_version": __version__, "task": TASK, "model": model_info,
+                "batch_size": len(x), "batch_index": index,
+                "loss_reduction": "mean", "mode": "train" if train_mode else "eval", "defense": None}
+        out.append((GradientObservation(grads, meta), VisionBatch(index, x.clone(), y.clone())))
+        logger.info("captured batch %d: %d image(s)", index, len(x))
+    return out
