@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo vision-demo test install lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/reconstruct_sentences.py
 
+vision-demo: $(STAMP)
+	$(PY) -m vision_dlg.cli demo
+
 test: $(STAMP)
-	$(PY) -m ruff check nlp_dlg scripts tests benchmarks
+	$(PY) -m ruff check nlp_dlg vision_dlg scripts tests benchmarks
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

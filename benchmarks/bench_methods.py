@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=["span", "dlg", "naive"], default=["span", "dlg", "naive"])
     ap.add_argument("--models", nargs="+", choices=["random", "minilm"], default=["random", "minilm"])
     ap.add_argument("--max-evals", type=int, default=600)
+    ap.add_argument("--limit", type=int, default=None, help="first N sentences only (default: all)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "methods.jsonl")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gradients", type=Path, help=argparse.SUPPRESS)
@@ -98,6 +99,11 @@ def main() -> None:
         attack_one(args)
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.limit:
+        lines = [s for s in args.sentences.read_text().splitlines() if s.strip()][: args.limit]
+        subset = Path(tempfile.mkdtemp()) / "sentences.txt"
+        subset.write_text("\n".join(lines) + "\n")
+        args.sentences = subset
     for model in args.models:
         model_args = []
         if model == "minilm":

@@ -15,6 +15,8 @@ from nlp_dlg.text.analytic import (
     SpanUnavailable,
     assemble_batch,
     attention_input_span,
+    length_counts,
+    pair_filter,
     place_labels,
     position_candidates,
 )
@@ -91,6 +93,28 @@ def test_batch_of_two_assembles_into_certified_sentences(capture, tiny_model, to
     assert all(s.certified for s in found)
     expected = {tuple(row[m.bool()].tolist()) for row, m in zip(truth.masked_input_ids, truth.attention_mask)}
     assert {s.token_ids for s in found} == expected
+
+
+def test_pair_filter_keeps_every_token_at_its_position(capture, tiny_model):
+    obs, truth = capture(PAIR, batch_size=2, seed=1)[0]
+    priors = infer_priors(obs.gradients, tiny_model, 2)
+    length = priors.sequence_length
+    span1 = attention_input_span(obs.gradients, tiny_model, 0, 2 * length)
+    span2 = attention_input_span(obs.gradients, tiny_model, 1, 2 * length)
+    candidates = position_candidates(tiny_model, span1, priors.token_set, length)
+    kept = pair_filter(tiny_model, span2, candidates, 2, generator=torch.Generator().manual_seed(0))
+    for row, mask in zip(truth.masked_input_ids, truth.attention_mask):
+        for p in range(int(mask.sum())):
+            assert int(row[p]) in kept[p].tolist()
+    assert sum(len(k) for k in kept) <= sum(len(c) for c in candidates)
+
+
+def test_length_counts_solves_the_lengths_when_unique():
+    # 8 sentences of lengths {28, 27, 24, 21, 18}, 196 tokens in all: 27 x3, 24 x2 is the only fit
+    assert length_counts([28, 27, 24, 21, 18], 8, 196) == {28: 1, 27: 3, 24: 2, 21: 1, 18: 1}
+    assert length_counts([10, 8], 2, 18) == {10: 1, 8: 1}
+    assert length_counts([10, 8, 6], 5, 10 + 8 + 6 + 16) is None       # 10+6 and 8+8: ambiguous
+    assert length_counts([10, 8, 6], 2, 24) is None                    # more lengths than sentences
 
 
 def test_span_is_unavailable_when_noise_fills_the_rank(capture, tiny_model):

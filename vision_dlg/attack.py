@@ -3,9 +3,10 @@
 DLG (Zhu et al., 2019): dummy images drawn from a normal distribution and, unless the labels are read
 off the gradient, dummy soft labels; L-BFGS (lr 1.0) on the L2 distance between the dummy's gradient and
 the observed one, on the shared engine (restarts, non-finite guard, per-sample schedule for batches).
-``label_method="analytic"`` (the default) takes iDLG's exact label for one image and the bias-gradient
-label counts for a batch (:mod:`vision_dlg.labels`), and optimises the pixels only; ``"dlg"`` optimises
-soft labels as the paper. Options: cosine distance, a total-variation prior, clamping to [0, 1].
+``label_method="analytic"`` (the default) takes iDLG's exact label for one image and optimises the
+pixels only; for a batch the bias-gradient label counts (:mod:`vision_dlg.labels`, an estimate when the
+softmax is far from uniform) start soft labels that the matching optimises with the pixels. ``"dlg"``
+optimises soft labels from random logits as the paper. Options: cosine distance, a total-variation prior, clamping to [0, 1].
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class ImageAttack:
         labels = None
         if self.config.label_method == "analytic":
             labels = infer_labels(observation.gradients, self.model, batch_size)
-        plugin = ImagePlugin(self.model, batch_size, image_shape, num_classes, labels=labels, tv=self.config.tv,
+        plugin = ImagePlugin(self.model, batch_size, image_shape, num_classes, labels=labels,
+                             learn_labels=labels is not None and batch_size > 1, tv=self.config.tv,
                              clamp=self.config.clamp)
         every, steps = self.config.log_every, self.config.matching.steps
 

@@ -33,7 +33,7 @@ BUILTIN = ("skimage", "lfw-subset", "digits")
 
 def to_model_input(image: np.ndarray | torch.Tensor, *, channels: int = 3, size: int = 32) -> torch.Tensor:
     """``(H, W)``, ``(H, W, C)`` (uint8 or float in [0, 1]) to ``(channels, size, size)`` float in [0, 1]."""
-    x = torch.as_tensor(np.asarray(image))
+    x = torch.as_tensor(np.array(image))                                           # a writable copy
     if x.dtype == torch.uint8:
         x = x.float() / 255.0
     x = x.float()
@@ -126,9 +126,11 @@ def read_cifar_binary(path: str | Path, *, label_bytes: int | None = None) -> tu
 def _idx_pair(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     images = read_idx(path)
     name = path.name.replace("images-idx3", "labels-idx1").replace("images.idx3", "labels.idx1")
-    label_path = path.with_name(name)
-    labels = read_idx(label_path).astype(np.int64) if name != path.name and label_path.is_file() else None
-    return images, labels
+    if name == path.name:
+        return images, None
+    stem = name.removesuffix(".gz")
+    found = [p for p in (path.with_name(stem), path.with_name(stem + ".gz")) if p.is_file()]
+    return images, read_idx(found[0]).astype(np.int64) if found else None
 
 
 def dataset_image(name: str, index: int, *, channels: int = 3, size: int = 32) -> tuple[torch.Tensor, int | None]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+LABEL_PEAK = 5.0  # logit added to an estimated label when soft labels start from it
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of neighbouring pixels of ``images (B, C, H, W)``."""
@@ -32,18 +33,22 @@ class ImagePlugin:
         image_shape: ``(C, S, S)``.
         num_classes: K.
         labels: ``(B,)`` known labels (e.g. from :func:`vision_dlg.labels.infer_labels`), or None to
-            optimise soft labels as DLG.
+            optimise soft labels from random logits as DLG.
+        learn_labels: with ``labels`` given, still optimise soft labels, starting from logits peaked on
+            them (an estimate the matching may correct, e.g. batch label counts).
         tv: weight of the total-variation prior (0: none, as DLG).
         clamp: project the pixels into [0, 1] after each step.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
-                 *, labels: torch.Tensor | None = None, tv: float = 0.0, clamp: bool = False) -> None:
+                 *, labels: torch.Tensor | None = None, learn_labels: bool = False, tv: float = 0.0,
+                 clamp: bool = False) -> None:
         self.model = model
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
+        self.learn_labels = learn_labels or self.labels is None
         self.tv = float(tv)
         self.clamp = clamp
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -53,13 +58,16 @@ class ImagePlugin:
 
     def init_leaves(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         leaves = {"images": torch.randn(self.batch_size, *self.image_shape, generator=generator)}
-        if self.labels is None:
-            leaves["labels"] = torch.randn(self.batch_size, self.num_classes, generator=generator)
+        if self.learn_labels:
+            logits = torch.randn(self.batch_size, self.num_classes, generator=generator)
+            if self.labels is not None:
+                logits = logits + LABEL_PEAK * torch.nn.functional.one_hot(self.labels, self.num_classes)
+            leaves["labels"] = logits
         return leaves
 
     def task_loss(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         logits = self.model(leaves["images"])                                       # (B, K)
-        if self.labels is not None:
+        if not self.learn_labels:
             return F.cross_entropy(logits, self.labels)
         soft = leaves["labels"].softmax(-1)                                          # (B, K)
         return -(soft * logits.log_softmax(-1)).sum(-1).mean()
@@ -76,5 +84,5 @@ class ImagePlugin:
     def decode(self, leaves: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (B, C, S, S) clipped to [0, 1], labels (B,))``."""
         images = leaves["images"].detach().clamp(0, 1)
-        labels = self.labels if self.labels is not None else leaves["labels"].detach().argmax(-1)
+        labels = leaves["labels"].detach().argmax(-1) if self.learn_labels else self.labels
         return images, labels

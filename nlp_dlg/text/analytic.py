@@ -297,7 +297,7 @@ def length_counts(lengths: Sequence[int], batch_size: int, tokens: int) -> dict[
 
 def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int, *,
                    cls_id: int, sep_id: int, generator: torch.Generator, starts: int = 8,
-                   max_sweeps: int = 12, max_fruitless: int = 2) -> list[AssembledSentence]:
+                   max_sweeps: int = 12, max_fruitless: int = 3) -> list[AssembledSentence]:
     """Find up to ``batch_size`` distinct sentences whose first-layer outputs lie in ``span2``.
 
     :func:`pair_filter` keeps, per position, the tokens that sit there in some sentence; the lengths
@@ -330,6 +330,12 @@ def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[tor
     def one_round(length: int) -> int:
         options, flat = searches[length]
         avoid = [torch.tensor(s) for s in found if len(s) == length]
+        if fruitless[length] % 2:
+            # after a fruitless round: start from the tokens no found sentence has at each position (a
+            # token two sentences share there is still reachable by the descent, which sees every option)
+            used = [torch.tensor(sorted({s[p] for s in found if p < len(s) - 1})) for p in range(length)]
+            options = [o if p in (0, length - 1) or not bool((~torch.isin(o, u)).any()) else o[~torch.isin(o, u)]
+                       for p, (o, u) in enumerate(zip(options, used))]
         with torch.enable_grad():
             begun = _relaxed_starts(first, span2, options, avoid, starts, generator)
         new = 0
@@ -344,7 +350,7 @@ def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[tor
                     found[sentence.token_ids] = sentence
                     new += 1
                     logger.debug("assembled a certified sentence of %d tokens (residual %.2g)", length, residual)
-                else:
+                elif all(f.token_ids != sentence.token_ids for f in failures):
                     failures.append(sentence)
         fruitless[length] = 0 if new else fruitless[length] + 1
         return new

@@ -1,0 +1,216 @@
+"""vision_dlg: models, data parsers, labels, metrics, the attack on a small LeNet, the CLI and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nlp_dlg.engine import MatchingConfig, load_observation, save_observation
+from nlp_dlg.engine.errors import InputDataError, ModelMismatchError
+from vision_dlg import (
+    ImageAttack,
+    ImageAttackConfig,
+    LeNet,
+    VisionModelSpec,
+    build_model,
+    capture_images,
+    infer_labels,
+    model_from_metadata,
+    model_metadata,
+    psnr,
+    read_cifar_binary,
+    read_idx,
+    score_images,
+    skimage_photo,
+    ssim,
+    to_model_input,
+    total_variation,
+)
+
+SMALL = VisionModelSpec(num_classes=10, image_size=16, seed=1)
+
+
+def _vision_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", *args], capture_output=True, text=True)
+
+
+def test_lenet_is_dlgs_network():
+    model = build_model(VisionModelSpec())
+    convs = [m for m in model.body if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2), (1, 1)] and all(c.out_channels == 12 for c in convs)
+    assert model.fc.in_features == 768 and model.fc.out_features == 100
+    assert all(float(p.detach().abs().max()) <= 0.5 for p in model.parameters())
+    assert build_model(VisionModelSpec()).state_dict()["fc.weight"].equal(model.state_dict()["fc.weight"])
+
+
+def test_resnet_has_sigmoid_and_no_strides():
+    model = build_model(VisionModelSpec("resnet20", num_classes=10, image_size=8))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.stride == (1, 1) for c in convs)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in model.modules()) == 19
+    assert model(torch.rand(2, 3, 8, 8)).shape == (2, 10)
+
+
+def test_import_vision_dlg_does_not_import_transformers():
+    code = "import sys, vision_dlg, vision_dlg.cli; print('transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_images_are_resized_and_converted():
+    gray = np.linspace(0, 1, 40 * 60).reshape(40, 60)
+    x = to_model_input(gray, channels=3, size=16)
+    assert x.shape == (3, 16, 16) and torch.equal(x[0], x[1])
+    photo = skimage_photo("astronaut")
+    assert photo.shape == (3, 32, 32) and 0 <= float(photo.min()) and float(photo.max()) <= 1
+    assert to_model_input((np.ones((8, 8, 3)) * 255).astype(np.uint8), channels=1, size=4).allclose(torch.ones(1, 4, 4))
+
+
+def test_idx_parser_reads_what_it_wrote(tmp_path):
+    images = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    header = bytes([0, 0, 0x08, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + images.tobytes()))
+    labels = np.array([7, 2, 1], dtype=np.uint8)
+    label_header = bytes([0, 0, 0x08, 1]) + (3).to_bytes(4, "big")
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(label_header + labels.tobytes())
+    assert np.array_equal(read_idx(tmp_path / "t10k-images-idx3-ubyte.gz"), images)
+    from vision_dlg import dataset_image
+
+    x, label = dataset_image(str(tmp_path / "t10k-images-idx3-ubyte.gz"), 2, channels=1, size=4)
+    assert label == 1 and x.shape == (1, 4, 4)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(InputDataError, match="IDX"):
+        read_idx(tmp_path / "bad")
+    (tmp_path / "short").write_bytes(header + images.tobytes()[:-1])
+    with pytest.raises(InputDataError, match="header says"):
+        read_idx(tmp_path / "short")
+
+
+def test_cifar_binary_parser_reads_cifar10_and_cifar100_records(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(2, 3072), dtype=np.uint8)
+    ten = np.concatenate([np.array([[3], [9]], dtype=np.uint8), pixels], 1)
+    hundred = np.concatenate([np.array([[1, 42], [5, 77]], dtype=np.uint8), pixels], 1)
+    (tmp_path / "data_batch_1.bin").write_bytes(ten.tobytes())
+    (tmp_path / "test.bin").write_bytes(hundred.tobytes())
+    images, labels = read_cifar_binary(tmp_path / "data_batch_1.bin")
+    assert labels.tolist() == [3, 9] and images.shape == (2, 32, 32, 3)
+    assert images[1, 0, 0].tolist() == pixels[1, [0, 1024, 2048]].tolist()     # channel-major to HWC
+    assert read_cifar_binary(tmp_path / "test.bin")[1].tolist() == [42, 77]    # the fine label
+    (tmp_path / "odd.bin").write_bytes(b"x" * 100)
+    with pytest.raises(InputDataError, match="CIFAR"):
+        read_cifar_binary(tmp_path / "odd.bin")
+
+
+def _capture(images, labels, spec=SMALL, batch_size=None):
+    model = build_model(spec)
+    pairs = capture_images(model, images, labels, batch_size=batch_size or len(images),
+                           model_info=model_metadata(model, spec))
+    return model, pairs
+
+
+def test_idlg_label_is_exact_for_one_image_and_counts_for_a_batch():
+    torch.manual_seed(0)
+    for label in (0, 4, 9):
+        model, [(obs, _)] = _capture(torch.rand(1, 3, 16, 16), [label])
+        assert infer_labels(obs.gradients, model, 1).tolist() == [label]
+    # the batch counts assume a near-uniform softmax: a ResNet at init (batch norm), not DLG's LeNet
+    resnet = VisionModelSpec("resnet20", num_classes=10, image_size=6)
+    model, [(obs, _)] = _capture(torch.rand(4, 3, 6, 6), [7, 2, 7, 5], spec=resnet)
+    assert infer_labels(obs.gradients, model, 4).tolist() == [2, 5, 7, 7]
+
+
+def test_gradient_file_holds_no_image_or_label(tmp_path):
+    _, [(obs, _)] = _capture(torch.rand(1, 3, 16, 16), [3])
+    path = save_observation(obs, tmp_path / "g.safetensors")
+    loaded = load_observation(path)
+    assert set(loaded.gradients) == {n for n, _ in build_model(SMALL).named_parameters()}
+    assert "label" not in json.dumps(dict(loaded.metadata)) and loaded.metadata["task"] == "image-classification"
+
+
+def test_metrics_against_hand_computed_values():
+    x = torch.full((3, 16, 16), 0.5)
+    assert psnr(x, x + 0.1) == pytest.approx(20.0)
+    assert ssim(x + torch.rand(3, 16, 16) * 0.1, x + torch.rand(3, 16, 16) * 0.1) < 0.99
+    y = torch.rand(3, 16, 16)
+    assert ssim(y, y) == pytest.approx(1.0)
+    scores = score_images(torch.stack([y, x]), torch.tensor([1, 0]), torch.stack([x, y]), torch.tensor([0, 1]))
+    assert [s["reference_index"] for s in scores] == [1, 0] and all(s["label_correct"] for s in scores)
+    assert float(total_variation(x[None])) == 0.0
+
+
+def test_a_real_photo_comes_back_from_a_small_lenet():
+    image = skimage_photo("coffee", size=16)[None]
+    model, [(obs, truth)] = _capture(image, [6])
+    config = ImageAttackConfig(matching=MatchingConfig(steps=40, tolerance=1e-12))
+    frames = []
+    rec = ImageAttack(model, config, callbacks=[frames.append]).attack(obs, generator=torch.Generator().manual_seed(0))
+    assert rec[0].label == 6
+    assert psnr(rec[0].image, truth.images[0]) > 30
+    assert frames[0].record.step == 0 and frames[-1].record.step == rec[0].iterations
+
+
+def test_dlg_soft_labels_recover_the_label_too():
+    image = skimage_photo("chelsea", size=16)[None]
+    model, [(obs, truth)] = _capture(image, [3])
+    config = ImageAttackConfig(label_method="dlg", matching=MatchingConfig(steps=60, tolerance=1e-12))
+    rec = ImageAttack(model, config).attack(obs, generator=torch.Generator().manual_seed(1))[0]
+    assert rec.label == 3 and psnr(rec.image, truth.images[0]) > 20
+
+
+def test_model_from_metadata_refuses_other_weights():
+    model = build_model(SMALL)
+    meta = model_metadata(model, SMALL)
+    assert isinstance(model_from_metadata(meta)[0], LeNet)
+    with pytest.raises(ModelMismatchError, match="checksum"):
+        model_from_metadata({**meta, "seed": 2})
+
+
+def test_cli_capture_then_attack_in_two_processes(tmp_path):
+    grads = tmp_path / "grads"
+    done = _vision_cli("capture", "--dataset", "skimage", "--index", "1", "--labels", "4", "--num-classes", "10",
+                       "--image-size", "16", "--out", str(grads))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "r.jsonl"
+    done = _vision_cli("attack", "--gradients", str(grads), "--out", str(out), "--iters", "5",
+                       "--save-images", str(tmp_path / "img"))
+    assert done.returncode == 0, done.stderr
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["label"] == 4 and (tmp_path / "img" / "batch-000-0.png").is_file()
+    assert (tmp_path / "img" / "progress-batch-000.png").is_file() and "mse" not in row
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "/no/such.png", "--labels", "1"], "no such image"),
+    (["--dataset", "skimage", "--index", "0", "1", "--labels", "1"], "expected 2 label"),
+    (["--dataset", "skimage", "--index", "0", "--labels", "10"], "labels: expected integers in [0, 10)"),
+    (["--dataset", "skimage", "--index", "99"], "out of range"),
+    (["--dataset", "skimage", "--index", "0", "--batch-size", "0"], "positive integer"),
+])
+def test_cli_bad_victim_input_is_one_line(tmp_path, args, message):
+    done = _vision_cli("capture", "--num-classes", "10", "--image-size", "16", "--out", str(tmp_path), *args)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_refuses_a_file_for_another_model_and_nan(tmp_path):
+    grads = tmp_path / "g"
+    assert _vision_cli("capture", "--dataset", "skimage", "--index", "0", "--labels", "1", "--num-classes", "10",
+                       "--image-size", "16", "--out", str(grads)).returncode == 0
+    path = grads / "batch-000.safetensors"
+    obs = load_observation(path)
+    other = dict(obs.metadata)
+    other["model"] = {**other["model"], "checksum": "0" * 64}
+    save_observation(type(obs)(obs.gradients, other), tmp_path / "other.safetensors")
+    done = _vision_cli("attack", "--gradients", str(tmp_path / "other.safetensors"), "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "checksum" in done.stderr
+    bad = {n: t.clone() for n, t in obs.gradients.items()}
+    bad["fc.bias"][0] = float("nan")
+    save_observation(type(obs)(bad, obs.metadata), tmp_path / "nan.safetensors")
+    done = _vision_cli("attack", "--gradients", str(tmp_path / "nan.safetensors"), "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "NaN" in done.stderr and "Traceback" not in done.stderr
