@@ -54,6 +54,10 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--train-mode", action="store_true", help="compute the gradient with dropout on (default: eval)")
     src.add_argument("--mask-seed", type=int, default=None,
                      help="seed of the masking (default: fresh randomness; the masks are private)")
+    src.add_argument("--defense", metavar="SPEC",
+                     help="defence applied before the gradient leaves: gaussian:SIGMA, laplace:B, fp16, bf16, int8, "
+                          "prune:P, dp:C,Z, joined by '+' (e.g. prune:0.2+gaussian:1e-3); recorded in the metadata")
+    src.add_argument("--defense-seed", type=int, default=None, help="seed of the defence's noise (default: fresh)")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", metavar="NAME_OR_PATH",
                      help="pretrained BERT checkpoint dir or hub name (default: bert-base-uncased architecture, "
@@ -165,9 +169,10 @@ def _victim(args: argparse.Namespace):
     if args.mask_seed is not None:
         generator = torch.Generator().manual_seed(args.mask_seed)
     config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
-                           max_length=args.max_length, train_mode=args.train_mode)
+                           max_length=args.max_length, train_mode=args.train_mode, defense=args.defense)
+    noise = None if args.defense_seed is None else torch.Generator().manual_seed(args.defense_seed)
     pairs = capture_gradients(model, tokenizer, sentences, config, model_info=model_metadata(model, spec),
-                              tokenizer_name=tok_name, generator=generator)
+                              tokenizer_name=tok_name, generator=generator, defense_generator=noise)
     return model, tokenizer, pairs
 
 

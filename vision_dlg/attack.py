@@ -6,7 +6,8 @@ the observed one, on the shared engine (restarts, non-finite guard, per-sample s
 ``label_method="analytic"`` (the default) takes iDLG's exact label for one image and optimises the
 pixels only; for a batch the bias-gradient label counts (:mod:`vision_dlg.labels`, an estimate when the
 softmax is far from uniform) start soft labels that the matching optimises with the pixels. ``"dlg"``
-optimises soft labels from random logits as the paper. Options: cosine distance, a total-variation prior, clamping to [0, 1].
+optimises soft labels from random logits as the paper. Options: cosine distance, a total-variation
+prior, clamping to [0, 1].
 """
 
 from __future__ import annotations

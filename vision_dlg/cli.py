@@ -49,6 +49,10 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="one label per image (default: the dataset's labels, else 0, 1, 2, ...)")
     src.add_argument("--batch-size", type=int, default=1, help="images per gradient (default: 1)")
     src.add_argument("--train-mode", action="store_true", help="compute the gradient in train mode (default: eval)")
+    src.add_argument("--defense", metavar="SPEC",
+                     help="defence applied before the gradient leaves: gaussian:SIGMA, laplace:B, fp16, bf16, int8, "
+                          "prune:P, dp:C,Z, joined by '+'; recorded in the metadata")
+    src.add_argument("--defense-seed", type=int, default=None, help="seed of the defence's noise (default: fresh)")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", default="lenet", choices=["lenet", "resnet20", "resnet32", "resnet56"],
                      help="victim network (default: lenet, DLG's)")
@@ -146,8 +150,10 @@ def _victim(args: argparse.Namespace):
         logger.info("no labels given: using %s", labels)
     model = build_model(spec)
     info = model_metadata(model, spec)
+    noise = None if args.defense_seed is None else torch.Generator().manual_seed(args.defense_seed)
     return model, spec, capture_images(model, torch.stack(images), labels, batch_size=args.batch_size,
-                                       model_info=info, train_mode=args.train_mode)
+                                       model_info=info, train_mode=args.train_mode, defense=args.defense,
+                                       defense_generator=noise)
 
 
 def cmd_capture(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_dlg import __version__
+from nlp_dlg.engine.defense import parse_defense
 from nlp_dlg.engine.errors import ConfigError, InputDataError
 from nlp_dlg.engine.observation import GradientObservation
 
@@ -50,7 +51,8 @@ def image_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def capture_images(model: nn.Module, images: torch.Tensor, labels: Sequence[int] | torch.Tensor, *,
-                   batch_size: int = 1, model_info: dict[str, Any], train_mode: bool = False
+                   batch_size: int = 1, model_info: dict[str, Any], train_mode: bool = False,
+                   defense: str | None = None, defense_generator: torch.Generator | None = None
                    ) -> list[tuple[GradientObservation, VisionBatch]]:
     """One gradient observation per batch of ``images (N, C, S, S)`` (in input order).
 
@@ -61,6 +63,8 @@ def capture_images(model: nn.Module, images: torch.Tensor, labels: Sequence[int]
         batch_size: images per gradient.
         model_info: :func:`vision_dlg.models.model_metadata` (how the attacker rebuilds the model).
         train_mode: compute the gradient in train mode (batch norm on batch statistics).
+        defense: a defence applied before the gradient leaves (:mod:`nlp_dlg.engine.defense`).
+        defense_generator: draws the defence's noise (a fresh unpredictable one when None).
 
     Returns:
         ``(observation, ground_truth)`` per batch; only the observation is meant to be shared.
@@ -82,13 +86,22 @@ def capture_images(model: nn.Module, images: torch.Tensor, labels: Sequence[int]
                              f"got {tuple(images.shape)}")
     if not bool(torch.isfinite(images).all()):
         raise InputDataError("images: contain NaN or Inf")
+    parsed = parse_defense(defense)
+    if parsed is not None and defense_generator is None:
+        defense_generator = torch.Generator()
+        defense_generator.seed()
     out = []
     for index, start in enumerate(range(0, len(images), batch_size)):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         grads = image_gradient(model, x, y, train_mode=train_mode)
+        if parsed is not None:
+            per_example = ([image_gradient(model, x[i:i + 1], y[i:i + 1], train_mode=train_mode) for i in range(len(x))]
+                           if parsed.needs_per_example else None)
+            grads = parsed.apply(grads, generator=defense_generator, per_example=per_example)
         meta = {"toolkit": "vision_dlg", "toolkit_version": __version__, "task": TASK, "model": model_info,
                 "batch_size": len(x), "batch_index": index,
-                "loss_reduction": "mean", "mode": "train" if train_mode else "eval", "defense": None}
+                "loss_reduction": "mean", "mode": "train" if train_mode else "eval",
+                "defense": None if parsed is None else parsed.metadata()}
         out.append((GradientObservation(grads, meta), VisionBatch(index, x.clone(), y.clone())))
         logger.info("captured batch %d: %d image(s)", index, len(x))
     return out

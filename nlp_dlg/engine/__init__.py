@@ -1,5 +1,6 @@
 """The shared gradient-matching engine: torch and numpy only, never transformers."""
 
+from nlp_dlg.engine.defense import Defense, dp_epsilon, parse_defense
 from nlp_dlg.engine.distance import DISTANCES, gradient_distance
 from nlp_dlg.engine.errors import (
     ConfigError,
@@ -29,9 +30,9 @@ from nlp_dlg.engine.observation import (
 )
 
 __all__ = [
-    "DISTANCES", "FORMAT", "OPTIMIZERS", "SCHEDULES", "ConfigError", "GradientFileError",
+    "DISTANCES", "FORMAT", "OPTIMIZERS", "SCHEDULES", "ConfigError", "Defense", "GradientFileError",
     "GradientMatcher", "GradientMismatchError", "GradientObservation", "InputDataError",
     "MatchingConfig", "MatchingPlugin", "MatchingResult", "ModelMismatchError", "NlpDlgError",
     "NonFiniteGradientError", "StepRecord", "find_gradient_files", "gradient_distance",
-    "load_observation", "save_observation", "weights_checksum",
+    "dp_epsilon", "load_observation", "parse_defense", "save_observation", "weights_checksum",
 ]

@@ -17,6 +17,7 @@ import torch
 from transformers import BertForMaskedLM, PreTrainedTokenizerBase
 
 from nlp_dlg import __version__
+from nlp_dlg.engine.defense import parse_defense
 from nlp_dlg.engine.errors import ConfigError, InputDataError
 from nlp_dlg.engine.observation import GradientObservation, save_observation
 
@@ -34,14 +35,18 @@ class CaptureConfig:
         mlm_probability: fraction of tokens selected for prediction (BERT's 80/10/10 masking).
         max_length: sentences are truncated to this many tokens, special tokens included.
         train_mode: compute the gradient with dropout on (the model's ``training`` flag is restored).
+        defense: a defence applied before the gradient leaves (:mod:`nlp_dlg.engine.defense`), e.g.
+            ``gaussian:1e-2`` or ``dp:1.0,0.5`` (DP-SGD: per-sentence gradients, each its own mean loss).
     """
 
     batch_size: int = 1
     mlm_probability: float = 0.15
     max_length: int = 128
     train_mode: bool = False
+    defense: str | None = None
 
     def __post_init__(self) -> None:
+        parse_defense(self.defense)  # raises ConfigError naming the accepted forms
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
         if not 0.0 < self.mlm_probability <= 1.0:
@@ -112,6 +117,7 @@ def capture_gradients(
     model_info: dict[str, Any],
     tokenizer_name: str | None = None,
     generator: torch.Generator | None = None,
+    defense_generator: torch.Generator | None = None,
 ) -> list[tuple[GradientObservation, VictimBatch]]:
     """Compute one gradient observation per batch of ``sentences`` (in input order).
 
@@ -123,6 +129,7 @@ def capture_gradients(
         model_info: :func:`nlp_dlg.text.model_metadata` of the model (how the attacker rebuilds it).
         tokenizer_name: recorded in the metadata so the attacker loads the same vocabulary.
         generator: draws the masks; a fresh unpredictable one when ``None`` (masks are private).
+        defense_generator: draws the defence's noise; a fresh unpredictable one when ``None``.
 
     Returns:
         ``(observation, ground_truth)`` per batch. Only the observation is meant to be shared.
@@ -144,6 +151,10 @@ def capture_gradients(
     if generator is None:
         generator = torch.Generator()
         generator.seed()
+    defense = parse_defense(config.defense)
+    if defense is not None and defense_generator is None:
+        defense_generator = torch.Generator()
+        defense_generator.seed()
     out = []
     for b, start in enumerate(range(0, len(sentences), config.batch_size)):
         chunk = sentences[start:start + config.batch_size]
@@ -154,6 +165,14 @@ def capture_gradients(
                                      mask_token_id=tokenizer.mask_token_id,
                                      vocab_size=model.config.vocab_size, generator=generator)
         grads = masked_lm_gradient(model, masked, enc["attention_mask"], labels, train_mode=config.train_mode)
+        if defense is not None:
+            per_example = None
+            if defense.needs_per_example:  # a sentence with no selected token contributes nothing
+                zero = {n: torch.zeros_like(g) for n, g in grads.items()}
+                per_example = [masked_lm_gradient(model, masked[i:i + 1], enc["attention_mask"][i:i + 1],
+                                                  labels[i:i + 1], train_mode=config.train_mode)
+                               if bool((labels[i] != -100).any()) else zero for i in range(len(chunk))]
+            grads = defense.apply(grads, generator=defense_generator, per_example=per_example)
         metadata = {
             "toolkit": "nlp_dlg",
             "toolkit_version": __version__,
@@ -165,7 +184,7 @@ def capture_gradients(
             "batch_size": len(chunk),
             "batch_index": b,
             "mode": "train" if config.train_mode else "eval",
-            "defense": None,
+            "defense": None if defense is None else defense.metadata(),
         }
         truth = VictimBatch(b, tuple(chunk), enc["input_ids"], masked, labels, enc["attention_mask"])
         out.append((GradientObservation(grads, metadata), truth))
