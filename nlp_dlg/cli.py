@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,9 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="defence applied before the gradient leaves: gaussian:SIGMA, laplace:B, fp16, bf16, int8, "
                           "prune:P, dp:C,Z, joined by '+' (e.g. prune:0.2+gaussian:1e-3); recorded in the metadata")
     src.add_argument("--defense-seed", type=int, default=None, help="seed of the defence's noise (default: fresh)")
+    src.add_argument("--world-size", type=_positive_int, default=1,
+                     help="run a real DDP step in W local processes (gloo, loopback) and record the all-reduced "
+                          "gradient; --batch-size is the global batch, split evenly over the ranks (default: 1)")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", metavar="NAME_OR_PATH",
                      help="pretrained BERT checkpoint dir or hub name (default: bert-base-uncased architecture, "
@@ -171,6 +175,14 @@ def _victim(args: argparse.Namespace):
     config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
                            max_length=args.max_length, train_mode=args.train_mode, defense=args.defense)
     noise = None if args.defense_seed is None else torch.Generator().manual_seed(args.defense_seed)
+    if args.world_size > 1:
+        from nlp_dlg.text.distributed import capture_distributed
+
+        seed = args.mask_seed if args.mask_seed is not None else int.from_bytes(os.urandom(7), "big")
+        pairs = capture_distributed(spec, tokenizer, sentences, config, world_size=args.world_size,
+                                    model_info=model_metadata(model, spec), tokenizer_name=tok_name,
+                                    vocab_size=model.config.vocab_size, mask_seed=seed)
+        return model, tokenizer, pairs
     pairs = capture_gradients(model, tokenizer, sentences, config, model_info=model_metadata(model, spec),
                               tokenizer_name=tok_name, generator=generator, defense_generator=noise)
     return model, tokenizer, pairs
