@@ -68,3 +68,19 @@ def test_nlp_dlg_capture_with_two_ranks_records_the_global_batch(tmp_path, tmp_p
                            "--batch-size", "3", "--world-size", "2", "--model-config", str(config),
                            "--out", str(tmp_path / "h")], capture_output=True, text=True)
     assert done.returncode == 2 and "split evenly" in done.stderr
+
+
+def test_vision_dlg_capture_with_two_ranks_equals_the_single_process_gradient(tmp_path):
+    from nlp_dlg.engine import load_observation
+
+    common = ["--dataset", "skimage", "--index", "0", "1", "--labels", "3,5", "--num-classes", "10",
+              "--image-size", "8", "--batch-size", "2"]
+    for name, extra in (("ddp", ["--world-size", "2"]), ("one", [])):
+        done = subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", "capture", *common, *extra,
+                               "--out", str(tmp_path / name)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    ddp = load_observation(tmp_path / "ddp" / "batch-000.safetensors")
+    one = load_observation(tmp_path / "one" / "batch-000.safetensors")
+    assert ddp.metadata["distributed"]["world_size"] == 2
+    for name, grad in one.gradients.items():   # mean of two 1-image means == the 2-image mean
+        torch.testing.assert_close(ddp.gradients[name], grad, rtol=1e-5, atol=1e-7)

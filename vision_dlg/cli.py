@@ -53,6 +53,9 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="defence applied before the gradient leaves: gaussian:SIGMA, laplace:B, fp16, bf16, int8, "
                           "prune:P, dp:C,Z, joined by '+'; recorded in the metadata")
     src.add_argument("--defense-seed", type=int, default=None, help="seed of the defence's noise (default: fresh)")
+    src.add_argument("--world-size", type=_positive_int, default=1,
+                     help="run a real DDP step in W local processes (gloo, loopback) and record the all-reduced "
+                          "gradient; --batch-size is the global batch, split evenly over the ranks (default: 1)")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", default="lenet", choices=["lenet", "resnet20", "resnet32", "resnet56"],
                      help="victim network (default: lenet, DLG's)")
@@ -151,6 +154,14 @@ def _victim(args: argparse.Namespace):
     model = build_model(spec)
     info = model_metadata(model, spec)
     noise = None if args.defense_seed is None else torch.Generator().manual_seed(args.defense_seed)
+    if args.world_size > 1:
+        from vision_dlg.distributed import capture_images_distributed
+
+        if args.defense:
+            raise ConfigError("a defence with --world-size is not supported: capture a single client for that")
+        return model, spec, capture_images_distributed(spec, torch.stack(images), torch.tensor(labels),
+                                                       batch_size=args.batch_size, world_size=args.world_size,
+                                                       model_info=info, train_mode=args.train_mode)
     return model, spec, capture_images(model, torch.stack(images), labels, batch_size=args.batch_size,
                                        model_info=info, train_mode=args.train_mode, defense=args.defense,
                                        defense_generator=noise)
