@@ -59,6 +59,10 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="defence applied before the gradient leaves: gaussian:SIGMA, laplace:B, fp16, bf16, int8, "
                           "prune:P, dp:C,Z, joined by '+' (e.g. prune:0.2+gaussian:1e-3); recorded in the metadata")
     src.add_argument("--defense-seed", type=int, default=None, help="seed of the defence's noise (default: fresh)")
+    src.add_argument("--local-lr", type=float, default=None,
+                     help="FedAvg: the client runs --local-steps SGD steps at this learning rate and shares the weight "
+                          "delta (default: FedSGD, the gradient itself)")
+    src.add_argument("--local-steps", type=_positive_int, default=1, help="FedAvg local steps (default: 1)")
     src.add_argument("--world-size", type=_positive_int, default=1,
                      help="run a real DDP step in W local processes (gloo, loopback) and record the all-reduced "
                           "gradient; --batch-size is the global batch, split evenly over the ranks (default: 1)")
@@ -173,7 +177,8 @@ def _victim(args: argparse.Namespace):
     if args.mask_seed is not None:
         generator = torch.Generator().manual_seed(args.mask_seed)
     config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
-                           max_length=args.max_length, train_mode=args.train_mode, defense=args.defense)
+                           max_length=args.max_length, train_mode=args.train_mode, defense=args.defense,
+                           local_steps=args.local_steps, local_lr=args.local_lr)
     noise = None if args.defense_seed is None else torch.Generator().manual_seed(args.defense_seed)
     if args.world_size > 1:
         from nlp_dlg.text.distributed import capture_distributed

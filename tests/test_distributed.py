@@ -84,3 +84,29 @@ def test_vision_dlg_capture_with_two_ranks_equals_the_single_process_gradient(tm
     assert ddp.metadata["distributed"]["world_size"] == 2
     for name, grad in one.gradients.items():   # mean of two 1-image means == the 2-image mean
         torch.testing.assert_close(ddp.gradients[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_fedavg_weight_delta_of_one_step_is_the_gradient_and_two_steps_differ():
+    from nlp_dlg.engine import as_gradient
+    from nlp_dlg.engine.errors import ConfigError
+    from nlp_dlg.text import CaptureConfig, ModelSpec, capture_gradients, load_masked_lm, load_tokenizer, model_metadata
+
+    spec = ModelSpec(seed=0, config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                     "intermediate_size": 64})
+    model, tokenizer = load_masked_lm(spec), load_tokenizer()
+    info = model_metadata(model, spec)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def capture(**kw):
+        return capture_gradients(model, tokenizer, ["the cat sat on the mat ."], CaptureConfig(**kw), model_info=info,
+                                 generator=torch.Generator().manual_seed(0))[0][0]
+
+    sgd, one, two = capture(), capture(local_lr=0.5), capture(local_lr=0.5, local_steps=2)
+    assert one.metadata["update"] == {"kind": "weight-delta", "local_steps": 1, "local_lr": 0.5}
+    for name, grad in sgd.gradients.items():
+        # (W - lr g) - W loses float32 bits of W: atol of a few 1e-7
+        torch.testing.assert_close(as_gradient(one).gradients[name], grad, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(as_gradient(two).gradients["cls.predictions.bias"], sgd.gradients["cls.predictions.bias"])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())   # the victim's model is untouched
+    with pytest.raises(ConfigError, match="local_lr"):
+        CaptureConfig(local_steps=2)

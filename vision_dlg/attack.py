@@ -22,7 +22,7 @@ from torch import nn
 
 from nlp_dlg.engine.errors import ConfigError, GradientMismatchError
 from nlp_dlg.engine.matcher import GradientMatcher, MatchingConfig, StepRecord
-from nlp_dlg.engine.observation import GradientObservation
+from nlp_dlg.engine.observation import GradientObservation, as_gradient
 from vision_dlg.labels import infer_labels
 from vision_dlg.plugin import ImagePlugin
 from vision_dlg.victim import TASK
@@ -122,6 +122,7 @@ class ImageAttack:
         if task != TASK:
             raise ConfigError(f"gradient task: expected {TASK!r}, got {task!r}")
         observation.check_shapes({n: p.shape for n, p in self.model.named_parameters() if p.requires_grad})
+        observation = as_gradient(observation)  # a FedAvg weight delta becomes its mean gradient
         model_meta = meta.get("model", {})
         if image_shape is None:
             try:

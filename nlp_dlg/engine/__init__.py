@@ -23,6 +23,7 @@ from nlp_dlg.engine.matcher import (
 from nlp_dlg.engine.observation import (
     FORMAT,
     GradientObservation,
+    as_gradient,
     find_gradient_files,
     load_observation,
     save_observation,
@@ -33,6 +34,6 @@ __all__ = [
     "DISTANCES", "FORMAT", "OPTIMIZERS", "SCHEDULES", "ConfigError", "Defense", "GradientFileError",
     "GradientMatcher", "GradientMismatchError", "GradientObservation", "InputDataError",
     "MatchingConfig", "MatchingPlugin", "MatchingResult", "ModelMismatchError", "NlpDlgError",
-    "NonFiniteGradientError", "StepRecord", "find_gradient_files", "gradient_distance",
+    "NonFiniteGradientError", "StepRecord", "as_gradient", "find_gradient_files", "gradient_distance",
     "dp_epsilon", "load_observation", "parse_defense", "save_observation", "weights_checksum",
 ]

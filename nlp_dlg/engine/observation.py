@@ -175,3 +175,19 @@ def weights_checksum(model: torch.nn.Module) -> str:
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def as_gradient(observation: GradientObservation) -> GradientObservation:
+    """The gradient an attacker matches. A FedAvg client shares the weight delta ``W_K − W_0`` of ``K``
+    local SGD steps at learning rate ``η`` (metadata ``update``: ``{"kind": "weight-delta", "local_steps": K,
+    "local_lr": η}``); ``−Δ / (η K)`` is the mean of its ``K`` gradients (exactly the gradient for ``K = 1``).
+    Any other observation is returned as it is."""
+    update = observation.metadata.get("update")
+    if not update or update.get("kind") != "weight-delta":
+        return observation
+    try:
+        scale = -1.0 / (float(update["local_lr"]) * int(update["local_steps"]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise GradientFileError("weight-delta update: expected local_lr > 0 and local_steps >= 1, "
+                                f"got {update}") from exc
+    return GradientObservation({n: t * scale for n, t in observation.gradients.items()}, observation.metadata)

@@ -28,7 +28,7 @@ from transformers import BertForMaskedLM, PreTrainedTokenizerBase
 from nlp_dlg.engine.distance import gradient_distance
 from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.matcher import GradientMatcher, MatchingConfig, StepRecord
-from nlp_dlg.engine.observation import GradientObservation
+from nlp_dlg.engine.observation import GradientObservation, as_gradient
 from nlp_dlg.text.analytic import (
     SpanUnavailable,
     assemble_batch,
@@ -166,6 +166,7 @@ class MaskedLMAttack:
                batch: int | None = None) -> list[Reconstruction]:
         """Reconstruct every sequence of the observed batch."""
         observation.check_shapes({n: p.shape for n, p in self.model.named_parameters()})
+        observation = as_gradient(observation)  # a FedAvg weight delta becomes its mean gradient
         batch = int(observation.metadata.get("batch_index", 0)) if batch is None else batch
         batch_size = self._batch_size(observation)
         priors = infer_priors(observation.gradients, self.model, batch_size)

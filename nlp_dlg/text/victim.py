@@ -37,6 +37,8 @@ class CaptureConfig:
         train_mode: compute the gradient with dropout on (the model's ``training`` flag is restored).
         defense: a defence applied before the gradient leaves (:mod:`nlp_dlg.engine.defense`), e.g.
             ``gaussian:1e-2`` or ``dp:1.0,0.5`` (DP-SGD: per-sentence gradients, each its own mean loss).
+        local_steps, local_lr: FedAvg: the client runs ``local_steps`` SGD steps at ``local_lr`` on its batch
+            and shares the weight delta (``local_lr`` None: FedSGD, the gradient itself).
     """
 
     batch_size: int = 1
@@ -44,9 +46,17 @@ class CaptureConfig:
     max_length: int = 128
     train_mode: bool = False
     defense: str | None = None
+    local_steps: int = 1
+    local_lr: float | None = None
 
     def __post_init__(self) -> None:
         parse_defense(self.defense)  # raises ConfigError naming the accepted forms
+        if not isinstance(self.local_steps, int) or self.local_steps < 1:
+            raise ConfigError(f"local_steps: expected a positive integer, got {self.local_steps!r}")
+        if self.local_lr is not None and not self.local_lr > 0:
+            raise ConfigError(f"local_lr: expected a positive number, got {self.local_lr!r}")
+        if self.local_lr is None and self.local_steps > 1:
+            raise ConfigError("local_steps > 1 is FedAvg: give local_lr, the client's learning rate")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
         if not 0.0 < self.mlm_probability <= 1.0:
@@ -165,6 +175,8 @@ def capture_gradients(
                                      mask_token_id=tokenizer.mask_token_id,
                                      vocab_size=model.config.vocab_size, generator=generator)
         grads = masked_lm_gradient(model, masked, enc["attention_mask"], labels, train_mode=config.train_mode)
+        if config.local_lr is not None:
+            grads = _weight_delta(model, masked, enc["attention_mask"], labels, config)
         if defense is not None:
             per_example = None
             if defense.needs_per_example:  # a sentence with no selected token contributes nothing
@@ -186,11 +198,30 @@ def capture_gradients(
             "mode": "train" if config.train_mode else "eval",
             "defense": None if defense is None else defense.metadata(),
         }
+        if config.local_lr is not None:
+            metadata["update"] = {"kind": "weight-delta", "local_steps": config.local_steps,
+                                  "local_lr": config.local_lr}
         truth = VictimBatch(b, tuple(chunk), enc["input_ids"], masked, labels, enc["attention_mask"])
         out.append((GradientObservation(grads, metadata), truth))
         logger.info("captured batch %d: %d sentence(s), %d tokens each, %d selected for prediction",
                     b, len(chunk), enc["input_ids"].shape[1], int((labels != -100).sum()))
     return out
+
+
+def _weight_delta(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  labels: torch.Tensor, config: CaptureConfig) -> dict[str, torch.Tensor]:
+    """FedAvg client: ``local_steps`` plain SGD steps on the batch from the shared weights; ``W_K − W_0``.
+    The caller's model is not changed (the steps run on a copy)."""
+    import copy
+
+    client = copy.deepcopy(model)
+    start = {n: p.detach().clone() for n, p in client.named_parameters()}
+    for _ in range(config.local_steps):
+        grads = masked_lm_gradient(client, input_ids, attention_mask, labels, train_mode=config.train_mode)
+        with torch.no_grad():
+            for n, p in client.named_parameters():
+                p -= config.local_lr * grads[n]
+    return {n: (p.detach() - start[n]).clone() for n, p in client.named_parameters()}
 
 
 def write_observations(pairs: Sequence[tuple[GradientObservation, VictimBatch]],
