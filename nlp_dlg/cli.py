@@ -12,23 +12,15 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from nlp_dlg import __version__
+from nlp_dlg.cliutil import positive_int, run_command, setup_logging
 
 logger = logging.getLogger("nlp_dlg.cli")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _probability(text: str) -> float:
@@ -50,7 +42,7 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--batch-size", type=int, default=1, help="sentences per gradient (default: 1)")
     src.add_argument("--mlm-probability", type=_probability, default=0.15,
                      help="fraction of tokens selected for masked-LM, 80/10/10 masking (default: 0.15)")
-    src.add_argument("--max-length", type=_positive_int, default=128,
+    src.add_argument("--max-length", type=positive_int, default=128,
                      help="truncate to this many tokens (default: 128)")
     src.add_argument("--train-mode", action="store_true", help="compute the gradient with dropout on (default: eval)")
     src.add_argument("--mask-seed", type=int, default=None,
@@ -62,8 +54,8 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--local-lr", type=float, default=None,
                      help="FedAvg: the client runs --local-steps SGD steps at this learning rate and shares the weight "
                           "delta (default: FedSGD, the gradient itself)")
-    src.add_argument("--local-steps", type=_positive_int, default=1, help="FedAvg local steps (default: 1)")
-    src.add_argument("--world-size", type=_positive_int, default=1,
+    src.add_argument("--local-steps", type=positive_int, default=1, help="FedAvg local steps (default: 1)")
+    src.add_argument("--world-size", type=positive_int, default=1,
                      help="run a real DDP step in W local processes (gloo, loopback) and record the all-reduced "
                           "gradient; --batch-size is the global batch, split evenly over the ranks (default: 1)")
     mod = p.add_argument_group("model")
@@ -82,23 +74,23 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--method", default="span", choices=["span", "dlg"],
                    help="span: analytic tokens and labels from the gradient, certified, with DLG where they cannot "
                         "settle everything; dlg: gradient matching only, the paper's method (default: span)")
-    a.add_argument("--iters", type=_positive_int, default=30,
+    a.add_argument("--iters", type=positive_int, default=30,
                    help="optimizer steps; one L-BFGS step runs up to 20 gradient evaluations (default: 30)")
-    a.add_argument("--max-evals", type=_positive_int, default=600,
+    a.add_argument("--max-evals", type=positive_int, default=600,
                    help="cap on gradient evaluations per sequence batch (default: 600)")
     a.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="(default: lbfgs, as the paper)")
     a.add_argument("--lr", type=float, default=None, help="learning rate (default: 1.0 for lbfgs, 0.05 for adam)")
     a.add_argument("--distance", choices=["l2", "cosine", "l2+l1"], default="cosine",
                    help="gradient distance (default: cosine; the paper used l2)")
-    a.add_argument("--restarts", type=_positive_int, default=1, help="random restarts, best kept (default: 1)")
+    a.add_argument("--restarts", type=positive_int, default=1, help="random restarts, best kept (default: 1)")
     a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",
                    help="batches: update all samples per step (default), or sample (step mod B) as the paper")
     a.add_argument("--no-priors", action="store_true",
                    help="with --method dlg: the paper's algorithm as written (no label words or token set "
                         "from the gradient)")
-    a.add_argument("--patience", type=_positive_int, default=None,
+    a.add_argument("--patience", type=positive_int, default=None,
                    help="stop once the decoded text is unchanged for this many steps (default: run all)")
-    a.add_argument("--log-every", type=_positive_int, default=1, help="report decoded text every N steps (default: 1)")
+    a.add_argument("--log-every", type=positive_int, default=1, help="report decoded text every N steps (default: 1)")
     a.add_argument("--no-verify", action="store_true", help="attack even if the model checksum differs")
 
 
@@ -122,11 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("transformers", "datasets", "absl", "huggingface_hub", "filelock", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _sentences(args: argparse.Namespace) -> list[str]:
@@ -289,22 +276,9 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.quiet)
-    from nlp_dlg.engine.errors import NlpDlgError
-
-    started = time.perf_counter()
-    try:
-        code = cmd_capture(args) if args.command == "capture" else cmd_attack(args)
-    except KeyboardInterrupt:
-        print("nlp-dlg: interrupted", file=sys.stderr)
-        return 130
-    except (NlpDlgError, ValueError, OSError) as exc:
-        print(f"nlp-dlg: error: {exc}", file=sys.stderr)
-        return 2
-    logger.info("done in %.1fs", time.perf_counter() - started)
-    return code
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    return run_command("nlp-dlg", cmd_capture if args.command == "capture" else cmd_attack, args)
 
 
 if __name__ == "__main__":

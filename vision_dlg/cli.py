@@ -12,23 +12,15 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from nlp_dlg import __version__
+from nlp_dlg.cliutil import positive_int, run_command, setup_logging
 
 logger = logging.getLogger("vision_dlg.cli")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _labels(text: str) -> list[int]:
@@ -53,14 +45,14 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="defence applied before the gradient leaves: gaussian:SIGMA, laplace:B, fp16, bf16, int8, "
                           "prune:P, dp:C,Z, joined by '+'; recorded in the metadata")
     src.add_argument("--defense-seed", type=int, default=None, help="seed of the defence's noise (default: fresh)")
-    src.add_argument("--world-size", type=_positive_int, default=1,
+    src.add_argument("--world-size", type=positive_int, default=1,
                      help="run a real DDP step in W local processes (gloo, loopback) and record the all-reduced "
                           "gradient; --batch-size is the global batch, split evenly over the ranks (default: 1)")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", default="lenet", choices=["lenet", "resnet20", "resnet32", "resnet56"],
                      help="victim network (default: lenet, DLG's)")
-    mod.add_argument("--num-classes", type=_positive_int, default=100, help="(default: 100, as CIFAR-100)")
-    mod.add_argument("--image-size", type=_positive_int, default=32, help="input side in pixels (default: 32)")
+    mod.add_argument("--num-classes", type=positive_int, default=100, help="(default: 100, as CIFAR-100)")
+    mod.add_argument("--image-size", type=positive_int, default=32, help="input side in pixels (default: 32)")
     mod.add_argument("--channels", type=int, choices=[1, 3], default=3, help="input channels (default: 3)")
     mod.add_argument("--seed", type=int, default=0, help="seed of the model init and of the attack (default: 0)")
 
@@ -70,19 +62,19 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--label-method", choices=["analytic", "dlg"], default="analytic",
                    help="analytic: iDLG's label (a batch: bias-gradient counts), pixels optimised; dlg: soft labels "
                         "optimised with the pixels, as the paper (default: analytic)")
-    a.add_argument("--iters", type=_positive_int, default=300, help="optimizer steps (default: 300, as DLG)")
-    a.add_argument("--max-evals", type=_positive_int, default=None, help="cap on gradient evaluations (default: none)")
+    a.add_argument("--iters", type=positive_int, default=300, help="optimizer steps (default: 300, as DLG)")
+    a.add_argument("--max-evals", type=positive_int, default=None, help="cap on gradient evaluations (default: none)")
     a.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="(default: lbfgs, as the paper)")
     a.add_argument("--lr", type=float, default=None, help="learning rate (default: 1.0 for lbfgs, 0.1 for adam)")
     a.add_argument("--distance", choices=["l2", "cosine", "l2+l1"], default="l2", help="(default: l2, as the paper)")
     a.add_argument("--tv", type=float, default=0.0, help="weight of a total-variation prior (default: 0)")
     a.add_argument("--clamp", action="store_true", help="keep the pixels in [0, 1] after each step")
-    a.add_argument("--restarts", type=_positive_int, default=1, help="random restarts, best kept (default: 1)")
+    a.add_argument("--restarts", type=positive_int, default=1, help="random restarts, best kept (default: 1)")
     a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",
                    help="batches: update all images each step, or image step mod B (the paper) (default: joint)")
     a.add_argument("--tolerance", type=float, default=1e-10,
                    help="stop once the gradient distance is at or below this (default: 1e-10)")
-    a.add_argument("--log-every", type=_positive_int, default=10, help="progress and grid frame every N steps")
+    a.add_argument("--log-every", type=positive_int, default=10, help="progress and grid frame every N steps")
     a.add_argument("--save-images", type=Path, metavar="DIR", help="write reconstructions and progress grids here "
                    "(default: next to --out)")
 
@@ -108,16 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Capture and attack four real photos shipped by scikit-image, one per gradient, "
                                       "and write the progress grid and results.")
     demo.add_argument("--out", type=Path, default=Path("runs/vision-demo"), metavar="DIR")
-    demo.add_argument("--iters", type=_positive_int, default=100, help="L-BFGS steps per image (default: 100)")
+    demo.add_argument("--iters", type=positive_int, default=100, help="L-BFGS steps per image (default: 100)")
     demo.add_argument("--seed", type=int, default=0)
     return parser
 
 
-def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("datasets", "PIL", "filelock", "fsspec", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _victim(args: argparse.Namespace):
@@ -304,23 +291,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging(args.quiet)
-    from nlp_dlg.engine.errors import NlpDlgError
-
-    started = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
     commands = {"capture": cmd_capture, "attack": cmd_attack, "demo": cmd_demo}
-    try:
-        code = commands[args.command](args)
-    except KeyboardInterrupt:
-        print("vision-dlg: interrupted", file=sys.stderr)
-        return 130
-    except (NlpDlgError, ValueError, OSError) as exc:
-        print(f"vision-dlg: error: {exc}", file=sys.stderr)
-        return 2
-    logger.info("done in %.1fs", time.perf_counter() - started)
-    return code
+    return run_command("vision-dlg", commands[args.command], args)
 
 
 if __name__ == "__main__":
