@@ -6,8 +6,11 @@ the observed one, on the shared engine (restarts, non-finite guard, per-sample s
 ``label_method="analytic"`` (the default) takes iDLG's exact label for one image and optimises the
 pixels only; for a batch the bias-gradient label counts (:mod:`vision_dlg.labels`, an estimate when the
 softmax is far from uniform) start soft labels that the matching optimises with the pixels. ``"dlg"``
-optimises soft labels from random logits as the paper. Options: cosine distance, a total-variation
-prior, clamping to [0, 1].
+optimises soft labels from random logits as the paper. Departures from the paper for batches, both
+switchable: the pixels are the sigmoid of the optimised logits (``box``), and a small total-variation
+prior (``tv``); without them a batch's matching settles on noise-like images whose gradient matches the
+observed one (measured on LeNet: batch 2, 7 dB; with the box, 19 dB; batch 4 with the box and the prior,
+29 dB). Options: cosine distance, clamping to [0, 1].
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from vision_dlg.victim import TASK
 logger = logging.getLogger(__name__)
 
 LABEL_METHODS = ("analytic", "dlg")
+BATCH_TV = 1e-3  # LeNet, 4 LFW faces at 32x32: 13 dB without, 29 dB with (boxed pixels, 300 L-BFGS steps)
 
 
 @dataclass(frozen=True)
@@ -52,21 +56,25 @@ class ImageAttackConfig:
         label_method: ``analytic`` (labels read off the classifier's gradient; pixels optimised) or
             ``dlg`` (soft labels optimised with the pixels, as the paper).
         matching: the engine's options; the default is the paper's: L2, L-BFGS lr 1.0, 300 steps.
-        tv: weight of a total-variation prior on the images (0: none).
-        clamp: keep the pixels in [0, 1] after each step.
+        tv: weight of a total-variation prior on the images; None (default): 0 for one image, ``BATCH_TV``
+            for a batch (a batch's gradient leaves room for noise-like images that match it).
+        clamp: keep the pixels in [0, 1] after each step (unboxed pixels only).
+        box: optimise pixel logits (pixels = their sigmoid, always in (0, 1)); None (default): raw pixels as
+            DLG published for one image (they converge faster there), logits for a batch.
         log_every: call the callbacks every this many steps (and at step 0 and the last).
     """
 
     label_method: str = "analytic"
     matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="l2", steps=300))
-    tv: float = 0.0
+    tv: float | None = None
     clamp: bool = False
+    box: bool | None = None
     log_every: int = 10
 
     def __post_init__(self) -> None:
         if self.label_method not in LABEL_METHODS:
             raise ConfigError(f"label_method: expected one of {', '.join(LABEL_METHODS)}, got {self.label_method!r}")
-        if not (self.tv >= 0):
+        if self.tv is not None and not (self.tv >= 0):
             raise ConfigError(f"tv: expected a non-negative number, got {self.tv!r}")
         if not isinstance(self.log_every, int) or self.log_every <= 0:
             raise ConfigError(f"log_every: expected a positive integer, got {self.log_every!r}")
@@ -140,9 +148,11 @@ class ImageAttack:
         labels = None
         if self.config.label_method == "analytic":
             labels = infer_labels(observation.gradients, self.model, batch_size)
+        tv = self.config.tv if self.config.tv is not None else (BATCH_TV if batch_size > 1 else 0.0)
         plugin = ImagePlugin(self.model, batch_size, image_shape, num_classes, labels=labels,
-                             learn_labels=labels is not None and batch_size > 1, tv=self.config.tv,
-                             clamp=self.config.clamp)
+                             learn_labels=labels is not None and batch_size > 1, tv=tv,
+                             clamp=self.config.clamp,
+                             box=self.config.box if self.config.box is not None else batch_size > 1)
         every, steps = self.config.log_every, self.config.matching.steps
 
         def on_step(record: StepRecord) -> bool:

@@ -67,7 +67,11 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="(default: lbfgs, as the paper)")
     a.add_argument("--lr", type=float, default=None, help="learning rate (default: 1.0 for lbfgs, 0.1 for adam)")
     a.add_argument("--distance", choices=["l2", "cosine", "l2+l1"], default="l2", help="(default: l2, as the paper)")
-    a.add_argument("--tv", type=float, default=0.0, help="weight of a total-variation prior (default: 0)")
+    a.add_argument("--tv", type=float, default=None,
+                   help="weight of a total-variation prior (default: 0 for one image, 1e-3 for a batch)")
+    a.add_argument("--box", choices=["auto", "on", "off"], default="auto",
+                   help="optimise pixel logits (pixels = their sigmoid, in (0, 1)) or raw pixels as DLG published "
+                        "(default auto: raw for one image, logits for a batch)")
     a.add_argument("--clamp", action="store_true", help="keep the pixels in [0, 1] after each step")
     a.add_argument("--restarts", type=positive_int, default=1, help="random restarts, best kept (default: 1)")
     a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",
@@ -174,7 +178,7 @@ def _attack_config(args: argparse.Namespace):
                               distance=args.distance, restarts=args.restarts, schedule=args.schedule,
                               tolerance=args.tolerance)
     return ImageAttackConfig(label_method=args.label_method, matching=matching, tv=args.tv, clamp=args.clamp,
-                             log_every=args.log_every)
+                             box={"auto": None, "on": True, "off": False}[args.box], log_every=args.log_every)
 
 
 def attack_batches(model, config, batches, *, out: Path, images_dir: Path, seed: int,

@@ -1,6 +1,7 @@
 """The image plugin of the engine: dummy pixels and (soft or known) labels.
 
-Leaves: ``images (B, C, S, S)``, drawn from a standard normal as in the DLG code, and, when the labels
+Leaves: ``images (B, C, S, S)``, drawn from a standard normal as in the DLG code (with ``box``, these are
+the logits of the pixels: ``sigmoid`` keeps every pixel in (0, 1)), and, when the labels
 are not known, label logits ``(B, K)`` (DLG's soft labels: the loss is the cross-entropy against their
 softmax). With labels read off the gradient (iDLG, :mod:`vision_dlg.labels`) only the pixels are
 optimised. Every parameter's gradient is matched. Optional prior: total variation of the images
@@ -38,11 +39,14 @@ class ImagePlugin:
             them (an estimate the matching may correct, e.g. batch label counts).
         tv: weight of the total-variation prior (0: none, as DLG).
         clamp: project the pixels into [0, 1] after each step.
+        box: optimise pixel logits, the image being their sigmoid (pixels stay in (0, 1) without a
+            projection, which L-BFGS tolerates badly). Unboxed pixels (DLG as published) let a batch's
+            matching settle on images outside [0, 1] whose gradient equals the observed one.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
                  *, labels: torch.Tensor | None = None, learn_labels: bool = False, tv: float = 0.0,
-                 clamp: bool = False) -> None:
+                 clamp: bool = False, box: bool = False) -> None:
         self.model = model
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
@@ -51,6 +55,7 @@ class ImagePlugin:
         self.learn_labels = learn_labels or self.labels is None
         self.tv = float(tv)
         self.clamp = clamp
+        self.box = box
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def matched_parameters(self) -> Mapping[str, torch.Tensor]:
@@ -65,24 +70,28 @@ class ImagePlugin:
             leaves["labels"] = logits
         return leaves
 
+    def images(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The dummy images ``(B, C, S, S)`` the leaves stand for."""
+        return torch.sigmoid(leaves["images"]) if self.box else leaves["images"]
+
     def task_loss(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.model(leaves["images"])                                       # (B, K)
+        logits = self.model(self.images(leaves))                                    # (B, K)
         if not self.learn_labels:
             return F.cross_entropy(logits, self.labels)
         soft = leaves["labels"].softmax(-1)                                          # (B, K)
         return -(soft * logits.log_softmax(-1)).sum(-1).mean()
 
     def project(self, leaves: Mapping[str, torch.Tensor]) -> None:
-        if self.clamp:
+        if self.clamp and not self.box:
             leaves["images"].clamp_(0, 1)
 
     def regularizer(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.tv == 0.0:
             return torch.zeros(())
-        return self.tv * total_variation(leaves["images"])
+        return self.tv * total_variation(self.images(leaves))
 
     def decode(self, leaves: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (B, C, S, S) clipped to [0, 1], labels (B,))``."""
-        images = leaves["images"].detach().clamp(0, 1)
+        images = self.images(leaves).detach().clamp(0, 1)
         labels = leaves["labels"].detach().argmax(-1) if self.learn_labels else self.labels
         return images, labels
