@@ -21,6 +21,7 @@ from vision_dlg import (
     build_model,
     capture_images,
     infer_labels,
+    labels_are_exact,
     model_from_metadata,
     model_metadata,
     psnr,
@@ -124,6 +125,9 @@ def test_idlg_label_is_exact_for_one_image_and_counts_for_a_batch():
     resnet = VisionModelSpec("resnet20", num_classes=10, image_size=6)
     model, [(obs, _)] = _capture(torch.rand(4, 3, 6, 6), [7, 2, 7, 5], spec=resnet)
     assert infer_labels(obs.gradients, model, 4).tolist() == [2, 5, 7, 7]
+    assert not labels_are_exact(obs.gradients, model, 4)           # a repeated class: counts, not certainty
+    model, [(obs, _)] = _capture(torch.rand(3, 3, 16, 16), [8, 1, 4])  # distinct classes, DLG's LeNet
+    assert labels_are_exact(obs.gradients, model, 3) and infer_labels(obs.gradients, model, 3).tolist() == [1, 4, 8]
 
 
 def test_gradient_file_holds_no_image_or_label(tmp_path):

@@ -3,9 +3,10 @@
 DLG (Zhu et al., 2019): dummy images drawn from a normal distribution and, unless the labels are read
 off the gradient, dummy soft labels; L-BFGS (lr 1.0) on the L2 distance between the dummy's gradient and
 the observed one, on the shared engine (restarts, non-finite guard, per-sample schedule for batches).
-``label_method="analytic"`` (the default) takes iDLG's exact label for one image and optimises the
-pixels only; for a batch the bias-gradient label counts (:mod:`vision_dlg.labels`, an estimate when the
-softmax is far from uniform) start soft labels that the matching optimises with the pixels. ``"dlg"``
+``label_method="analytic"`` (the default) takes iDLG's exact label for one image, and for a batch of B
+distinct classes the B negative bias-gradient entries (exact too), and optimises the pixels only; other
+batches get bias-gradient label counts (:mod:`vision_dlg.labels`, an estimate when the softmax is far
+from uniform) as the start of soft labels that the matching optimises with the pixels. ``"dlg"``
 optimises soft labels from random logits as the paper. Departures from the paper for batches, both
 switchable: the pixels are the sigmoid of the optimised logits (``box``), and a small total-variation
 prior (``tv``); without them a batch's matching settles on noise-like images whose gradient matches the
@@ -26,7 +27,7 @@ from torch import nn
 from nlp_dlg.engine.errors import ConfigError, GradientMismatchError
 from nlp_dlg.engine.matcher import GradientMatcher, MatchingConfig, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
-from vision_dlg.labels import infer_labels
+from vision_dlg.labels import infer_labels, labels_are_exact
 from vision_dlg.plugin import ImagePlugin
 from vision_dlg.victim import TASK
 
@@ -145,12 +146,13 @@ class ImageAttack:
         if batch_size <= 0:
             raise ConfigError(f"batch_size in gradient metadata: expected a positive integer, got {batch_size}")
         batch = int(meta.get("batch_index", 0)) if batch is None else batch
-        labels = None
+        labels, exact = None, False
         if self.config.label_method == "analytic":
             labels = infer_labels(observation.gradients, self.model, batch_size)
+            exact = labels_are_exact(observation.gradients, self.model, batch_size)
         tv = self.config.tv if self.config.tv is not None else (BATCH_TV if batch_size > 1 else 0.0)
         plugin = ImagePlugin(self.model, batch_size, image_shape, num_classes, labels=labels,
-                             learn_labels=labels is not None and batch_size > 1, tv=tv,
+                             learn_labels=labels is not None and not exact, tv=tv,
                              clamp=self.config.clamp,
                              box=self.config.box if self.config.box is not None else batch_size > 1)
         every, steps = self.config.log_every, self.config.matching.steps

@@ -40,6 +40,12 @@ def class_signal(gradients: Mapping[str, torch.Tensor], model: nn.Module) -> tor
     return g if g.ndim == 1 else g.sum(1)
 
 
+def labels_are_exact(gradients: Mapping[str, torch.Tensor], model: nn.Module, batch_size: int) -> bool:
+    """Whether :func:`infer_labels` is exact: an absent class has ``g_k = mean_i p_ik > 0``, so the negative
+    entries are present classes; ``batch_size`` of them means every image has its own class."""
+    return int((class_signal(gradients, model) < 0).sum()) == batch_size
+
+
 def infer_labels(gradients: Mapping[str, torch.Tensor], model: nn.Module, batch_size: int) -> torch.Tensor:
     """``(B,)`` labels, sorted (their order inside the batch is not in the gradient)."""
     g = class_signal(gradients, model)
