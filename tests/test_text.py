@@ -57,6 +57,18 @@ def test_priors_length_labels_and_token_set_are_exact(capture, tiny_model, token
     assert priors.token_set_found and set(priors.token_set.tolist()) == expected
 
 
+def test_label_prior_survives_noise_on_the_bias_gradient(capture, tiny_model):
+    from nlp_dlg.text.priors import label_words
+
+    obs, truth = capture(["the cat and the other cat sat ."], mlm_probability=0.5, seed=3)[0]
+    bias = obs.gradients["cls.predictions.bias"]
+    labelled = truth.labels[truth.labels != -100]
+    noisy = bias + 1e-4 * torch.randn(bias.shape, generator=torch.Generator().manual_seed(0))
+    assert int((noisy < 0).sum()) > 1000                       # noise turns thousands of entries negative
+    words, counts, m = label_words(noisy, max_labels=truth.input_ids.numel())
+    assert words.tolist() == labelled.unique().tolist() and m == len(labelled)
+
+
 def test_gradient_file_metadata_never_holds_the_text_ids_or_masks(capture):
     obs, truth = capture([SENTENCE])[0]
     text = json.dumps(dict(obs.metadata))

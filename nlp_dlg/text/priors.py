@@ -63,17 +63,32 @@ def sequence_length(position_grad: torch.Tensor) -> int:
     return int(live.max()) + 1
 
 
-def label_words(bias_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(label_ids, counts, M)`` from the decoder bias gradient."""
+def label_words(bias_grad: torch.Tensor, max_labels: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(label_ids, counts, M)`` from the decoder bias gradient.
+
+    Clean, the negative entries are exactly the label words (about ``−count/M``; the others are
+    ``+p/M``, tiny). With noise on the gradient (a defence) many entries turn negative: when there are
+    more than ``max_labels`` (at most one label per token), the labels are the negative entries above the
+    largest jump among the ``max_labels + 1`` most negative ones."""
     neg = (bias_grad < 0).nonzero().flatten()
     if len(neg) == 0:
         raise GradientMismatchError("the decoder bias gradient has no negative entry: no labelled token")
+    if max_labels is not None and len(neg) > max_labels:
+        weight, order = (-bias_grad[neg].double()).sort(descending=True)
+        top = weight[:max_labels + 1]
+        cut = int((top[:-1] / top[1:].clamp_min(1e-30)).argmax()) + 1
+        logger.warning("%d negative decoder-bias entries for at most %d labels (noise?): keeping the %d above "
+                       "the largest jump", len(neg), max_labels, cut)
+        neg = neg[order[:cut]].sort().values
     weight = -bias_grad[neg].double()                                             # ≈ count_v / M
     m = max(1, round(1.0 / float(weight.min())))
     counts = (weight * m).round().clamp_min(1).long()
     if int(counts.sum()) != m:
         logger.debug("label counts sum to %d, not %d: using the sum", int(counts.sum()), m)
         m = int(counts.sum())
+    if max_labels is not None and m > max_labels:
+        raise GradientMismatchError(f"the decoder bias gradient implies {m} labelled positions, more than the "
+                                    f"{max_labels} tokens of the batch: the gradient is too noisy for the label prior")
     return neg, counts, m
 
 
@@ -108,7 +123,7 @@ def infer_priors(gradients: Mapping[str, torch.Tensor], model: BertForMaskedLM, 
         if name not in gradients:
             raise GradientMismatchError(f"the gradient lacks {name!r} ({role}); cannot read priors")
     length = sequence_length(gradients[names["position"]])
-    labels, counts, m = label_words(gradients[names["bias"]])
+    labels, counts, m = label_words(gradients[names["bias"]], max_labels=batch_size * length)
     tokens, found = token_set(gradients[names["word"]], batch_size * length + len(labels))
     logger.info("priors: sequence length %d, %d labelled position(s) of %d distinct word(s), "
                 "token set of %d%s", length, m, len(labels), len(tokens), "" if found else " (whole vocabulary)")
