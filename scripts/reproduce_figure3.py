@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -46,7 +47,10 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=100, help="L-BFGS steps per image (default: 100)")
     ap.add_argument("--every", type=int, default=10, help="a grid column every N steps (default: 10)")
     ap.add_argument("--out", type=Path, default=Path("runs/figure3"))
+    ap.add_argument("--offline", action="store_true", help="do not try the hub: use the offline stand-ins")
     args = ap.parse_args()
+    if args.offline:
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = VisionModelSpec()
     model = build_model(spec)
