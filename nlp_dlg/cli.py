@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nlp_dlg import __version__
-from nlp_dlg.cliutil import positive_int, run_command, setup_logging
+from nlp_dlg.cliutil import DISTANCE_CHOICES, positive_int, run_command, setup_logging
 
 logger = logging.getLogger("nlp_dlg.cli")
 
@@ -80,7 +80,7 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                    help="cap on gradient evaluations per sequence batch (default: 600)")
     a.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="(default: lbfgs, as the paper)")
     a.add_argument("--lr", type=float, default=None, help="learning rate (default: 1.0 for lbfgs, 0.05 for adam)")
-    a.add_argument("--distance", choices=["l2", "cosine", "l2+l1"], default="cosine",
+    a.add_argument("--distance", choices=DISTANCE_CHOICES, default="cosine",
                    help="gradient distance (default: cosine; the paper used l2)")
     a.add_argument("--restarts", type=positive_int, default=1, help="random restarts, best kept (default: 1)")
     a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",

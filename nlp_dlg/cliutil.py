@@ -9,6 +9,8 @@ import sys
 import time
 from collections.abc import Callable
 
+# the engine's DISTANCES, spelled out so that building a parser imports no torch (a test holds them equal)
+DISTANCE_CHOICES = ("l2", "cosine", "l2+l1", "layer-l2")
 NOISY = ("transformers", "datasets", "absl", "huggingface_hub", "filelock", "fsspec", "PIL")
 
 

@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet32", "resnet56", "lenet"])
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--max-steps", type=int, default=300, help="L-BFGS steps before giving up (default: 300)")
+    ap.add_argument("--distance", default="l2", choices=["l2", "cosine", "layer-l2"],
+                    help="gradient distance (default: l2, the paper; layer-l2 weighs every layer the same)")
     ap.add_argument("--first-image", type=int, default=20, help="first lfw_subset index used (default: 20)")
     ap.add_argument("--out", type=Path, default=Path("runs/table1.jsonl"))
     args = ap.parse_args()
@@ -61,7 +63,8 @@ def main() -> None:
                 return True
             return False
 
-        config = ImageAttackConfig(matching=MatchingConfig(steps=args.max_steps, tolerance=1e-12), log_every=1)
+        matching = MatchingConfig(steps=args.max_steps, tolerance=1e-12, distance=args.distance)
+        config = ImageAttackConfig(matching=matching, log_every=1)
         started = time.perf_counter()
         rec = ImageAttack(model, config, callbacks=[check]).attack(obs, generator=torch.Generator().manual_seed(bs))
         row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "restored": "steps" in reached,

@@ -26,6 +26,14 @@ def test_l2_plus_l1_hand_computed():
     assert gradient_distance(A, B, "l2+l1", l1_weight=0.5).item() == pytest.approx(9 + 2.5)
 
 
+def test_layer_l2_weighs_every_tensor_the_same():
+    target = [torch.full((3,), 100.0), torch.full((2,), 1e-6)]
+    dummy = [torch.full((3,), 101.0), torch.full((2,), 2e-6)]
+    # relative errors: (3 * 1) / (3 * 1e4) + (2 * 1e-12) / (2 * 1e-12) = 1e-4 + 1
+    assert gradient_distance(dummy, target, "layer-l2").item() == pytest.approx(1 + 1e-4, rel=1e-5)
+    assert gradient_distance(target, target, "layer-l2").item() == 0.0
+
+
 def test_distance_is_differentiable():
     a = [t.clone().requires_grad_() for t in A]
     gradient_distance(a, B, "l2").backward()
@@ -33,7 +41,14 @@ def test_distance_is_differentiable():
 
 
 def test_bad_arguments():
-    with pytest.raises(ConfigError, match="expected one of l2, cosine, l2\\+l1, got 'l3'"):
+    with pytest.raises(ConfigError, match="expected one of l2, cosine, l2\\+l1, layer-l2, got 'l3'"):
         gradient_distance(A, B, "l3")
     with pytest.raises(ConfigError, match="as many"):
         gradient_distance(A, B[:1], "l2")
+
+
+def test_the_clis_offer_every_distance():
+    from nlp_dlg.cliutil import DISTANCE_CHOICES
+    from nlp_dlg.engine.distance import DISTANCES
+
+    assert DISTANCE_CHOICES == DISTANCES

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nlp_dlg import __version__
-from nlp_dlg.cliutil import positive_int, run_command, setup_logging
+from nlp_dlg.cliutil import DISTANCE_CHOICES, positive_int, run_command, setup_logging
 
 logger = logging.getLogger("vision_dlg.cli")
 
@@ -66,7 +66,7 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--max-evals", type=positive_int, default=None, help="cap on gradient evaluations (default: none)")
     a.add_argument("--optimizer", choices=["lbfgs", "adam"], default="lbfgs", help="(default: lbfgs, as the paper)")
     a.add_argument("--lr", type=float, default=None, help="learning rate (default: 1.0 for lbfgs, 0.1 for adam)")
-    a.add_argument("--distance", choices=["l2", "cosine", "l2+l1"], default="l2", help="(default: l2, as the paper)")
+    a.add_argument("--distance", choices=DISTANCE_CHOICES, default="l2", help="(default: l2, as the paper)")
     a.add_argument("--tv", type=float, default=None,
                    help="weight of a total-variation prior (default: 0 for one image, 1e-3 for a batch)")
     a.add_argument("--box", choices=["auto", "on", "off"], default="auto",

@@ -8,7 +8,7 @@ import torch
 
 from nlp_dlg.engine.errors import ConfigError
 
-DISTANCES = ("l2", "cosine", "l2+l1")
+DISTANCES = ("l2", "cosine", "l2+l1", "layer-l2")
 
 
 def gradient_distance(
@@ -24,6 +24,9 @@ def gradient_distance(
     * ``cosine``: ``1 − <g', g> / (|g'| |g|)`` on all tensors flattened into one vector
       (Inverting Gradients, LAMP); insensitive to the gradient's scale.
     * ``l2+l1``: ``Σ ||g' − g||² + l1_weight · Σ |g' − g|`` (TAG).
+    * ``layer-l2``: ``Σ ||g' − g||² / ||g||²`` per tensor: every tensor weighs the same, however small its
+      gradient (deep sigmoid networks pass ~1e-7 of the gradient to their first layers, which plain L2 and
+      cosine then ignore).
 
     Returns a 0-dim tensor differentiable w.r.t. ``dummy``.
     """
@@ -42,4 +45,7 @@ def gradient_distance(
         l2 = torch.stack([((a - b) ** 2).sum() for a, b in zip(dummy, target)]).sum()
         l1 = torch.stack([(a - b).abs().sum() for a, b in zip(dummy, target)]).sum()
         return l2 + l1_weight * l1
+    if kind == "layer-l2":
+        return torch.stack([((a - b) ** 2).sum() / (b * b).sum().clamp_min(1e-30)
+                            for a, b in zip(dummy, target)]).sum()
     raise ConfigError(f"distance: expected one of {', '.join(DISTANCES)}, got {kind!r}")
