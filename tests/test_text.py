@@ -57,8 +57,8 @@ def test_priors_length_labels_and_token_set_are_exact(capture, tiny_model, token
     assert priors.token_set_found and set(priors.token_set.tolist()) == expected
 
 
-def test_label_prior_survives_noise_on_the_bias_gradient(capture, tiny_model):
-    from nlp_dlg.text.priors import label_words
+def test_length_and_label_priors_survive_noise(capture, tiny_model):
+    from nlp_dlg.text.priors import label_words, sequence_length
 
     obs, truth = capture(["the cat and the other cat sat ."], mlm_probability=0.5, seed=3)[0]
     bias = obs.gradients["cls.predictions.bias"]
@@ -67,6 +67,11 @@ def test_label_prior_survives_noise_on_the_bias_gradient(capture, tiny_model):
     assert int((noisy < 0).sum()) > 1000                       # noise turns thousands of entries negative
     words, counts, m = label_words(noisy, max_labels=truth.input_ids.numel())
     assert words.tolist() == labelled.unique().tolist() and m == len(labelled)
+    position = obs.gradients["bert.embeddings.position_embeddings.weight"]
+    real = position.norm(dim=1)[: truth.input_ids.shape[1]]
+    scale = float(real.min()) / (100 * position.shape[1] ** 0.5)     # noise rows at 1% of the weakest real row
+    noisy_position = position + scale * torch.randn(position.shape, generator=torch.Generator().manual_seed(1))
+    assert sequence_length(noisy_position) == truth.input_ids.shape[1] == sequence_length(position)
 
 
 def test_gradient_file_metadata_never_holds_the_text_ids_or_masks(capture):

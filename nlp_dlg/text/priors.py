@@ -54,10 +54,15 @@ def parameter_name(model: torch.nn.Module, tensor: torch.Tensor) -> str:
     raise KeyError("tensor is not a parameter of the model")
 
 
-def sequence_length(position_grad: torch.Tensor) -> int:
-    """Last non-zero row of the position-embedding gradient, plus one."""
+def sequence_length(position_grad: torch.Tensor, *, margin: float = 5.0) -> int:
+    """Last non-zero row of the position-embedding gradient, plus one.
+
+    Clean, the rows past the sequence are exactly zero. With noise on the gradient (a defence) they are
+    not: the smallest row norm is the noise floor, and a row counts when it stands ``margin`` times above
+    it (a sequence filling every position is then cut short)."""
     norms = position_grad.norm(dim=1)                                             # (P,)
-    live = (norms > norms.max() * 1e-6).nonzero().flatten()
+    floor = float(norms.min())
+    live = (norms > max(float(norms.max()) * 1e-6, margin * floor)).nonzero().flatten()
     if len(live) == 0:
         raise GradientMismatchError("the position-embedding gradient is all zeros: no sequence length")
     return int(live.max()) + 1
