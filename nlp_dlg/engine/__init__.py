@@ -7,6 +7,7 @@ from nlp_dlg.engine.errors import (
     GradientFileError,
     GradientMismatchError,
     InputDataError,
+    MatchingDivergedError,
     ModelMismatchError,
     NlpDlgError,
     NonFiniteGradientError,
@@ -32,7 +33,7 @@ from nlp_dlg.engine.observation import (
 
 __all__ = [
     "DISTANCES", "FORMAT", "OPTIMIZERS", "SCHEDULES", "ConfigError", "Defense", "GradientFileError",
-    "GradientMatcher", "GradientMismatchError", "GradientObservation", "InputDataError",
+    "GradientMatcher", "GradientMismatchError", "GradientObservation", "InputDataError", "MatchingDivergedError",
     "MatchingConfig", "MatchingPlugin", "MatchingResult", "ModelMismatchError", "NlpDlgError",
     "NonFiniteGradientError", "StepRecord", "as_gradient", "find_gradient_files", "gradient_distance",
     "dp_epsilon", "load_observation", "parse_defense", "save_observation", "weights_checksum",

@@ -30,3 +30,8 @@ class NonFiniteGradientError(GradientFileError):
 
 class ModelMismatchError(NlpDlgError, ValueError):
     """The attacker's model is not the one the gradient was computed with (checksum differs)."""
+
+
+class MatchingDivergedError(NlpDlgError, FloatingPointError):
+    """The gradient distance was never finite (e.g. a dummy or an observation that overflows): nothing to
+    return or restart from."""

@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from nlp_dlg.engine.distance import DISTANCES, gradient_distance
-from nlp_dlg.engine.errors import ConfigError, GradientMismatchError
+from nlp_dlg.engine.errors import ConfigError, GradientMismatchError, MatchingDivergedError
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ class GradientMatcher:
     def _restore(parts: dict[str, list[torch.Tensor]], best: dict[str, torch.Tensor] | None,
                  per_sample: bool) -> None:
         if best is None:
-            raise FloatingPointError("the distance was never finite: nothing to restart from")
+            raise MatchingDivergedError("the gradient distance was never finite: nothing to restart from")
         with torch.no_grad():
             for name, ps in parts.items():
                 chunks = best[name].split(1, 0) if per_sample else [best[name]]
