@@ -64,7 +64,8 @@ def sequence_length(position_grad: torch.Tensor, *, margin: float = 5.0) -> int:
     floor = float(norms.min())
     live = (norms > max(float(norms.max()) * 1e-6, margin * floor)).nonzero().flatten()
     if len(live) == 0:
-        raise GradientMismatchError("the position-embedding gradient is all zeros: no sequence length")
+        raise GradientMismatchError("no row of the position-embedding gradient stands out (all zero, or under "
+                                    "the noise floor): no sequence length")
     return int(live.max()) + 1
 
 
