@@ -81,13 +81,18 @@ def test_wrong_input_gives_a_large_label_misfit(capture, tiny_model):
     assert misfit > 1e-2
 
 
-def test_batch_of_two_assembles_into_certified_sentences(capture, tiny_model, tokenizer):
+def _pair_batch(capture, model):
+    """The PAIR batch's truth, second-layer span and first-layer candidates per position."""
     obs, truth = capture(PAIR, batch_size=2, seed=1)[0]
-    priors = infer_priors(obs.gradients, tiny_model, 2)
+    priors = infer_priors(obs.gradients, model, 2)
     length = priors.sequence_length
-    span1 = attention_input_span(obs.gradients, tiny_model, 0, 2 * length)
-    span2 = attention_input_span(obs.gradients, tiny_model, 1, 2 * length)
-    candidates = position_candidates(tiny_model, span1, priors.token_set, length)
+    span1 = attention_input_span(obs.gradients, model, 0, 2 * length)
+    span2 = attention_input_span(obs.gradients, model, 1, 2 * length)
+    return truth, span2, position_candidates(model, span1, priors.token_set, length)
+
+
+def test_batch_of_two_assembles_into_certified_sentences(capture, tiny_model, tokenizer):
+    truth, span2, candidates = _pair_batch(capture, tiny_model)
     found = assemble_batch(tiny_model, span2, candidates, 2, cls_id=tokenizer.cls_token_id,
                            sep_id=tokenizer.sep_token_id, generator=torch.Generator().manual_seed(0))
     assert all(s.certified for s in found)
@@ -96,12 +101,7 @@ def test_batch_of_two_assembles_into_certified_sentences(capture, tiny_model, to
 
 
 def test_pair_filter_keeps_every_token_at_its_position(capture, tiny_model):
-    obs, truth = capture(PAIR, batch_size=2, seed=1)[0]
-    priors = infer_priors(obs.gradients, tiny_model, 2)
-    length = priors.sequence_length
-    span1 = attention_input_span(obs.gradients, tiny_model, 0, 2 * length)
-    span2 = attention_input_span(obs.gradients, tiny_model, 1, 2 * length)
-    candidates = position_candidates(tiny_model, span1, priors.token_set, length)
+    truth, span2, candidates = _pair_batch(capture, tiny_model)
     kept = pair_filter(tiny_model, span2, candidates, 2, generator=torch.Generator().manual_seed(0))
     for row, mask in zip(truth.masked_input_ids, truth.attention_mask):
         for p in range(int(mask.sum())):
