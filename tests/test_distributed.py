@@ -68,6 +68,10 @@ def test_nlp_dlg_capture_with_two_ranks_records_the_global_batch(tmp_path, tmp_p
                            "--batch-size", "3", "--world-size", "2", "--model-config", str(config),
                            "--out", str(tmp_path / "h")], capture_output=True, text=True)
     assert done.returncode == 2 and "split evenly" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--text", "a b c .", "--text", "d e .",
+                           "--batch-size", "2", "--world-size", "2", "--local-lr", "0.1", "--model-config", str(config),
+                           "--out", str(tmp_path / "f")], capture_output=True, text=True)
+    assert done.returncode == 2 and "FedAvg local steps with --world-size" in done.stderr
 
 
 def test_vision_dlg_capture_with_two_ranks_equals_the_single_process_gradient(tmp_path):

@@ -11,12 +11,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from nlp_dlg import __version__
-from nlp_dlg.engine.distributed import AllReduceRecorder, run_ranks
+from nlp_dlg.engine.distributed import AllReduceRecorder, ddp_metadata, run_ranks
 from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.observation import GradientObservation
 from vision_dlg.models import VisionModelSpec, build_model
-from vision_dlg.victim import TASK, VisionBatch
+from vision_dlg.victim import VisionBatch, observation_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +54,7 @@ def capture_images_distributed(spec: VisionModelSpec, images: torch.Tensor, labe
     out = []
     for step, grads in enumerate(recorded):
         sl = slice(step * batch_size, (step + 1) * batch_size)
-        meta = {"toolkit": "vision_dlg", "toolkit_version": __version__, "task": TASK, "model": model_info,
-                "batch_size": batch_size, "batch_index": step, "loss_reduction": "mean",
-                "mode": "train" if train_mode else "eval", "defense": None,
-                "distributed": {"world_size": world_size, "backend": "gloo", "aggregation": "all-reduce mean",
-                                "per_rank_batch": batch_size // world_size}}
+        meta = {**observation_metadata(model_info, batch_size=batch_size, batch_index=step, train_mode=train_mode),
+                "distributed": ddp_metadata(world_size, batch_size)}
         out.append((GradientObservation(grads, meta), VisionBatch(step, images[sl].clone(), labels[sl].clone())))
     return out

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_dlg import __version__
-from nlp_dlg.engine.defense import parse_defense
+from nlp_dlg.engine.defense import Defense, parse_defense
 from nlp_dlg.engine.errors import ConfigError, InputDataError
 from nlp_dlg.engine.observation import GradientObservation
 
@@ -48,6 +48,14 @@ def image_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     finally:
         model.train(was_training)
     return {n: g.detach().clone() for (n, _), g in zip(named, grads)}
+
+
+def observation_metadata(model_info: dict[str, Any], *, batch_size: int, batch_index: int, train_mode: bool,
+                         defense: Defense | None = None) -> dict[str, Any]:
+    """What a participant shares about one image gradient (never the images or their labels)."""
+    return {"toolkit": "vision_dlg", "toolkit_version": __version__, "task": TASK, "model": model_info,
+            "batch_size": batch_size, "batch_index": batch_index, "loss_reduction": "mean",
+            "mode": "train" if train_mode else "eval", "defense": None if defense is None else defense.metadata()}
 
 
 def capture_images(model: nn.Module, images: torch.Tensor, labels: Sequence[int] | torch.Tensor, *,
@@ -98,10 +106,8 @@ def capture_images(model: nn.Module, images: torch.Tensor, labels: Sequence[int]
             per_example = ([image_gradient(model, x[i:i + 1], y[i:i + 1], train_mode=train_mode) for i in range(len(x))]
                            if parsed.needs_per_example else None)
             grads = parsed.apply(grads, generator=defense_generator, per_example=per_example)
-        meta = {"toolkit": "vision_dlg", "toolkit_version": __version__, "task": TASK, "model": model_info,
-                "batch_size": len(x), "batch_index": index,
-                "loss_reduction": "mean", "mode": "train" if train_mode else "eval",
-                "defense": None if parsed is None else parsed.metadata()}
+        meta = observation_metadata(model_info, batch_size=len(x), batch_index=index, train_mode=train_mode,
+                                    defense=parsed)
         out.append((GradientObservation(grads, meta), VisionBatch(index, x.clone(), y.clone())))
         logger.info("captured batch %d: %d image(s)", index, len(x))
     return out

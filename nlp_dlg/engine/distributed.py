@@ -79,6 +79,12 @@ class AllReduceRecorder:
         return fut.then(record)
 
 
+def ddp_metadata(world_size: int, batch_size: int) -> dict[str, Any]:
+    """The ``distributed`` entry of a gradient file recorded from a DDP all-reduce."""
+    return {"world_size": world_size, "backend": "gloo", "aggregation": "all-reduce mean",
+            "per_rank_batch": batch_size // world_size}
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -19,11 +19,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from nlp_dlg import __version__
-from nlp_dlg.engine.distributed import AllReduceRecorder, run_ranks
+from nlp_dlg.engine.distributed import AllReduceRecorder, ddp_metadata, run_ranks
 from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.observation import GradientObservation
-from nlp_dlg.text.victim import TASK, CaptureConfig, VictimBatch, mask_tokens
+from nlp_dlg.text.victim import CaptureConfig, VictimBatch, mask_tokens, observation_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +77,8 @@ def capture_distributed(spec: Any, tokenizer: PreTrainedTokenizerBase, sentences
         raise ConfigError(f"--batch-size {config.batch_size} must split evenly over --world-size {world_size}")
     if config.defense:
         raise ConfigError("a defence with --world-size is not supported: capture a single client for that")
+    if config.local_lr is not None:
+        raise ConfigError("FedAvg local steps with --world-size are not supported: capture a single client for that")
     steps = len(sentences) // config.batch_size
     if steps == 0:
         raise ConfigError(f"{len(sentences)} sentence(s) do not fill one global batch of {config.batch_size}")
@@ -92,12 +93,9 @@ def capture_distributed(spec: Any, tokenizer: PreTrainedTokenizerBase, sentences
         parts = [rank_batch(tokenizer, sentences, config, step=step, rank=r, world_size=world_size,
                             mask_seed=mask_seed, vocab_size=vocab_size) for r in range(world_size)]
         truth = _merge(step, parts, tokenizer.pad_token_id)
-        meta = {"toolkit": "nlp_dlg", "toolkit_version": __version__, "task": TASK, "model": model_info,
-                "tokenizer": tokenizer_name, "mlm_probability": config.mlm_probability, "loss_reduction": "mean",
-                "batch_size": config.batch_size, "batch_index": step,
-                "mode": "train" if config.train_mode else "eval", "defense": None,
-                "distributed": {"world_size": world_size, "backend": "gloo", "aggregation": "all-reduce mean",
-                                "per_rank_batch": config.batch_size // world_size}}
+        meta = {**observation_metadata(config, model_info=model_info, tokenizer_name=tokenizer_name,
+                                       batch_size=config.batch_size, batch_index=step),
+                "distributed": ddp_metadata(world_size, config.batch_size)}
         out.append((GradientObservation(grads, meta), truth))
         logger.info("recorded the all-reduced gradient of step %d (%d ranks x %d sentence(s))", step, world_size,
                     config.batch_size // world_size)

@@ -17,7 +17,7 @@ import torch
 from transformers import BertForMaskedLM, PreTrainedTokenizerBase
 
 from nlp_dlg import __version__
-from nlp_dlg.engine.defense import parse_defense
+from nlp_dlg.engine.defense import Defense, parse_defense
 from nlp_dlg.engine.errors import ConfigError, InputDataError
 from nlp_dlg.engine.observation import GradientObservation, save_observation
 
@@ -185,27 +185,34 @@ def capture_gradients(
                                                   labels[i:i + 1], train_mode=config.train_mode)
                                if bool((labels[i] != -100).any()) else zero for i in range(len(chunk))]
             grads = defense.apply(grads, generator=defense_generator, per_example=per_example)
-        metadata = {
-            "toolkit": "nlp_dlg",
-            "toolkit_version": __version__,
-            "task": TASK,
-            "model": model_info,
-            "tokenizer": tokenizer_name,
-            "mlm_probability": config.mlm_probability,
-            "loss_reduction": "mean",
-            "batch_size": len(chunk),
-            "batch_index": b,
-            "mode": "train" if config.train_mode else "eval",
-            "defense": None if defense is None else defense.metadata(),
-        }
-        if config.local_lr is not None:
-            metadata["update"] = {"kind": "weight-delta", "local_steps": config.local_steps,
-                                  "local_lr": config.local_lr}
+        metadata = observation_metadata(config, model_info=model_info, tokenizer_name=tokenizer_name,
+                                        batch_size=len(chunk), batch_index=b, defense=defense)
         truth = VictimBatch(b, tuple(chunk), enc["input_ids"], masked, labels, enc["attention_mask"])
         out.append((GradientObservation(grads, metadata), truth))
         logger.info("captured batch %d: %d sentence(s), %d tokens each, %d selected for prediction",
                     b, len(chunk), enc["input_ids"].shape[1], int((labels != -100).sum()))
     return out
+
+
+def observation_metadata(config: CaptureConfig, *, model_info: dict[str, Any], tokenizer_name: str | None,
+                         batch_size: int, batch_index: int, defense: Defense | None = None) -> dict[str, Any]:
+    """What a participant shares about one masked-LM gradient (never the text, its ids or its masks)."""
+    metadata: dict[str, Any] = {
+        "toolkit": "nlp_dlg",
+        "toolkit_version": __version__,
+        "task": TASK,
+        "model": model_info,
+        "tokenizer": tokenizer_name,
+        "mlm_probability": config.mlm_probability,
+        "loss_reduction": "mean",
+        "batch_size": batch_size,
+        "batch_index": batch_index,
+        "mode": "train" if config.train_mode else "eval",
+        "defense": None if defense is None else defense.metadata(),
+    }
+    if config.local_lr is not None:
+        metadata["update"] = {"kind": "weight-delta", "local_steps": config.local_steps, "local_lr": config.local_lr}
+    return metadata
 
 
 def _weight_delta(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
