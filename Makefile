@@ -1,5 +1,6 @@
 # Quick start: `make demo` (reconstruct sentences from BERT MLM gradients) and `make test`.
-# Each creates .venv when missing, installs torch 2.13.0 (CPU) first through constraints.txt, then the project.
+# Each creates .venv when missing, installs torch 2.13.0 (CPU) first through constraints.txt, then the project
+# with every extra (vision, dp, test, flower).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[all]'
+	$(PIP) install -q -c constraints.txt -e '.[all,flower]'
 	touch $(STAMP)
 
 install: $(STAMP)

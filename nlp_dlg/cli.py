@@ -92,6 +92,9 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                    help="stop once the decoded text is unchanged for this many steps (default: run all)")
     a.add_argument("--log-every", type=positive_int, default=1, help="report decoded text every N steps (default: 1)")
     a.add_argument("--no-verify", action="store_true", help="attack even if the model checksum differs")
+    a.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                   help="with --gradients: weights the gradient was computed on, loaded over the model (e.g. a "
+                        "Flower round's weights/global-round-RRR.safetensors)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +192,17 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def _same_weights(observation, first, path: Path):
+    """Refuse a gradient file computed on other weights than the first one (e.g. another federated round)."""
+    from nlp_dlg.engine.errors import ModelMismatchError
+
+    checksum = observation.metadata.get("model", {}).get("checksum")
+    if checksum != first.metadata.get("model", {}).get("checksum"):
+        raise ModelMismatchError(f"{path}: computed on other model weights than the first gradient file: attack "
+                                 "files of different weights (e.g. federated rounds) separately, with --weights")
+    return observation
+
+
 def _attack_config(args: argparse.Namespace):
     from nlp_dlg.engine import MatchingConfig
     from nlp_dlg.text import TextAttackConfig
@@ -223,9 +237,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
         files = find_gradient_files(args.gradients)
         first = load_observation(files[0])
         model, _ = model_from_metadata(first.metadata.get("model", {}), name_or_path=args.model,
-                                       verify=not args.no_verify)
+                                       verify=not args.no_verify, weights=args.weights)
         tokenizer = load_tokenizer(args.tokenizer or first.metadata.get("tokenizer"))
-        batches = ((load_observation(f) if i else first, None) for i, f in enumerate(files))
+        batches = ((_same_weights(load_observation(f), first, f) if i else first, None) for i, f in enumerate(files))
     else:
         model, tokenizer, pairs = _victim(args)
         batches = iter(pairs)

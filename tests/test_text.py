@@ -57,6 +57,24 @@ def test_priors_length_labels_and_token_set_are_exact(capture, tiny_model, token
     assert priors.token_set_found and set(priors.token_set.tolist()) == expected
 
 
+def test_token_set_sees_input_rows_under_a_larger_decoder_side():
+    """Pretrained encoders: the tied decoder's part of the word gradient (rows in the span of the labelled
+    positions' hidden states) can dwarf the input rows; projected out, the input rows stand alone."""
+    from nlp_dlg.text.priors import token_set
+
+    g = torch.Generator().manual_seed(0)
+    vocab, hidden, inputs = 2000, 32, [5, 17, 300, 1234]
+    hidden_states = torch.randn(2, hidden, generator=g)                        # M = 2 labelled positions
+    coefficients = torch.rand(vocab, 2, generator=g) * 1e-3
+    coefficients[[7, 8, 9, 10, 11, 12]] = torch.tensor([3.0, -2.0])               # peaked softmax rows
+    word = coefficients @ hidden_states
+    word[inputs] += 0.05 * torch.randn(len(inputs), hidden, generator=g)       # input side, smaller
+    assert word.norm(dim=1)[inputs].max() < word.norm(dim=1)[7]
+    tokens, found = token_set(word, max_size=8, num_labelled=2)
+    assert found and tokens.tolist() == inputs
+    assert token_set(word, max_size=8)[0].tolist() != inputs                   # without the projection: wrong
+
+
 def test_length_and_label_priors_survive_noise(capture, tiny_model):
     from nlp_dlg.text.priors import label_words, sequence_length
 

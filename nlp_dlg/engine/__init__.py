@@ -27,7 +27,9 @@ from nlp_dlg.engine.observation import (
     as_gradient,
     find_gradient_files,
     load_observation,
+    load_weights,
     save_observation,
+    save_weights,
     weights_checksum,
 )
 
@@ -36,5 +38,6 @@ __all__ = [
     "GradientMatcher", "GradientMismatchError", "GradientObservation", "InputDataError", "MatchingDivergedError",
     "MatchingConfig", "MatchingPlugin", "MatchingResult", "ModelMismatchError", "NlpDlgError",
     "NonFiniteGradientError", "StepRecord", "as_gradient", "find_gradient_files", "gradient_distance",
-    "dp_epsilon", "load_observation", "parse_defense", "save_observation", "weights_checksum",
+    "dp_epsilon", "load_observation", "load_weights", "parse_defense", "save_observation", "save_weights",
+    "weights_checksum",
 ]

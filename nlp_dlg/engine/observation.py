@@ -27,6 +27,7 @@ from nlp_dlg.engine.errors import GradientFileError, GradientMismatchError, NonF
 logger = logging.getLogger(__name__)
 
 FORMAT = "nlp_dlg.gradient/1"
+WEIGHTS_FORMAT = "nlp_dlg.weights/1"
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
@@ -164,6 +165,38 @@ def find_gradient_files(path: str | Path) -> list[Path]:
             raise GradientFileError(f"{path}: directory holds no *.safetensors gradient files")
         return files
     return [path]
+
+
+def save_weights(weights: Mapping[str, torch.Tensor], path: str | Path, **info: str) -> Path:
+    """Write model weights (parameter name -> tensor) as safetensors, e.g. the global weights of a federated
+    round, which an attack on that round's updates needs. ``info``: string metadata kept in the header."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {n: t.detach().to("cpu").contiguous() for n, t in weights.items()}
+    save_file(tensors, str(path), metadata={**info, "format": WEIGHTS_FORMAT})
+    return path
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a weights file written by :func:`save_weights` (never unpickles).
+
+    Raises:
+        GradientFileError: missing, not safetensors, a pickle, or not a weights file of this toolkit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GradientFileError(f"{path}: no such weights file")
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if header.get("format") != WEIGHTS_FORMAT:
+        raise GradientFileError(f"{path}: not an nlp_dlg weights file (expected format {WEIGHTS_FORMAT!r}, "
+                                f"got {header.get('format')!r})")
+    return tensors
 
 
 def weights_checksum(model: torch.nn.Module) -> str:

@@ -12,6 +12,7 @@ from nlp_dlg.text.model import (
     ModelSpec,
     check_vocab,
     load_masked_lm,
+    load_model_weights,
     load_tokenizer,
     model_from_metadata,
     model_metadata,
@@ -24,7 +25,7 @@ from nlp_dlg.text.victim import CaptureConfig, VictimBatch, capture_gradients, m
 __all__ = [
     "METHODS", "CaptureConfig", "MaskedLMAttack", "MaskedLMPlugin", "MaskedLMPriors", "ModelSpec",
     "Reconstruction", "TextAttackConfig", "TextStep", "VictimBatch", "capture_gradients", "check_vocab", "decode_text",
-    "infer_priors", "load_masked_lm", "load_tokenizer", "mask_tokens", "model_from_metadata",
+    "infer_priors", "load_masked_lm", "load_model_weights", "load_tokenizer", "mask_tokens", "model_from_metadata",
     "model_metadata", "pair_batch", "read_sentences", "rouge", "score_batch", "summarize",
     "token_accuracy", "weights_checksum", "write_observations",
 ]

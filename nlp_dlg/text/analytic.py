@@ -77,6 +77,9 @@ def attention_input_span(gradients: Mapping[str, torch.Tensor], model: BertForMa
     The rank is the largest gap in the singular values among the first ``max_rank`` (at most B·T
     tokens feed the layer); it must be at least ``MIN_SPAN_GAP``, else noise fills the rank.
     """
+    layers = len(model.bert.encoder.layer)
+    if layer >= layers:
+        raise SpanUnavailable(f"the model has {layers} layer(s): no layer {layer + 1} to check against")
     self_att = model.bert.encoder.layer[layer].attention.self
     names = [parameter_name(model, m.weight) for m in (self_att.query, self_att.key, self_att.value)]
     missing = [n for n in names if n not in gradients]

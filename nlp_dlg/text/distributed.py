@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from nlp_dlg.engine.distributed import AllReduceRecorder, ddp_metadata, run_ranks
 from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.observation import GradientObservation
-from nlp_dlg.text.victim import CaptureConfig, VictimBatch, mask_tokens, observation_metadata
+from nlp_dlg.text.victim import CaptureConfig, VictimBatch, observation_metadata, prepare_batch
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +32,9 @@ def rank_batch(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], con
     """The slice of step ``step``'s global batch that rank ``rank`` trains on, tokenized and masked."""
     per_rank = config.batch_size // world_size
     start = step * config.batch_size + rank * per_rank
-    chunk = list(sentences[start:start + per_rank])
-    enc = tokenizer(chunk, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt",
-                    return_special_tokens_mask=True)
     generator = torch.Generator().manual_seed((mask_seed * 1_000_003 + step * 1009 + rank) % (2**63))
-    masked, labels = mask_tokens(enc["input_ids"], enc["special_tokens_mask"], probability=config.mlm_probability,
-                                 mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size, generator=generator)
-    return VictimBatch(step, tuple(chunk), enc["input_ids"], masked, labels, enc["attention_mask"])
+    return prepare_batch(tokenizer, sentences[start:start + per_rank], config, index=step, vocab_size=vocab_size,
+                         generator=generator)
 
 
 def _worker(rank: int, world_size: int, payload: dict[str, Any]) -> list[dict[str, torch.Tensor]]:

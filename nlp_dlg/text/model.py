@@ -13,7 +13,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerBase
 
 from nlp_dlg.engine.errors import ConfigError, ModelMismatchError
-from nlp_dlg.engine.observation import weights_checksum
+from nlp_dlg.engine.observation import load_weights, weights_checksum
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +107,16 @@ def model_metadata(model: BertForMaskedLM, spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def model_from_metadata(meta: dict[str, Any], *, name_or_path: str | None = None,
-                        verify: bool = True) -> tuple[BertForMaskedLM, ModelSpec]:
+def model_from_metadata(meta: dict[str, Any], *, name_or_path: str | None = None, verify: bool = True,
+                        weights: str | Path | None = None) -> tuple[BertForMaskedLM, ModelSpec]:
     """Rebuild (random init) or load (pretrained) the model a gradient file names.
 
     Args:
         meta: the ``model`` entry of a gradient file's metadata.
         name_or_path: where to load pretrained weights from, overriding the file's ``name_or_path``.
         verify: compare the weights' checksum with the file's.
+        weights: a weights file (:func:`nlp_dlg.engine.save_weights`) loaded over the rebuilt model, e.g. the
+            global weights of the federated round the gradient was computed in.
 
     Raises:
         ModelMismatchError: the weights' checksum differs from the gradient file's.
@@ -130,6 +132,8 @@ def model_from_metadata(meta: dict[str, Any], *, name_or_path: str | None = None
     else:
         spec = ModelSpec(name_or_path=meta.get("name_or_path"))
     model = load_masked_lm(spec)
+    if weights is not None:
+        load_model_weights(model, weights)
     if verify and meta.get("checksum"):
         actual = weights_checksum(model)
         if actual != meta["checksum"]:
@@ -137,6 +141,25 @@ def model_from_metadata(meta: dict[str, Any], *, name_or_path: str | None = None
                 f"model weights do not match the gradient file: checksum {actual[:12]}…, expected "
                 f"{meta['checksum'][:12]}… (pass the right --model, or --no-verify to attack anyway)")
     return model, spec
+
+
+def load_model_weights(model: BertForMaskedLM, path: str | Path) -> None:
+    """Load a weights file over ``model``'s parameters (every parameter, matching shapes, nothing else).
+
+    Raises:
+        ModelMismatchError: the file's tensors are not exactly the model's parameters.
+    """
+    weights = load_weights(path)
+    params = dict(model.named_parameters())
+    problems = sorted(set(params) ^ set(weights)) + [n for n in params if n in weights
+                                                      and weights[n].shape != params[n].shape]
+    if problems:
+        raise ModelMismatchError(f"{path}: weights do not fit the model ({', '.join(problems[:3])}"
+                                 f"{' …' if len(problems) > 3 else ''})")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(weights[n])
+    logger.info("loaded %d weight tensors from %s", len(weights), path)
 
 
 def default_tokenizer_dir() -> Path:

@@ -4,8 +4,8 @@
 * Labels: the decoder bias gradient is ``Σ_t (softmax_t − onehot(y_t)) / M`` over the M labelled
   positions. Softmax entries are positive, so a negative entry is a label word; ``−b_v ≈ count_v / M``.
 * Token set: the word-embedding gradient is non-zero (input side) on rows of tokens the batch holds.
-  With BERT's tied decoder every row also gets a small dense decoder-side part, so the set is found as
-  the largest relative gap among the top row norms, not as the non-zero rows.
+  With BERT's tied decoder every row also gets a dense decoder-side part in the span of the labelled
+  positions' hidden states: projected out first, then the rows standing above the noise floor.
 """
 
 from __future__ import annotations
@@ -98,16 +98,29 @@ def label_words(bias_grad: torch.Tensor, max_labels: int | None = None) -> tuple
     return neg, counts, m
 
 
-def token_set(word_grad: torch.Tensor, max_size: int) -> tuple[torch.Tensor, bool]:
-    """Rows whose norm is ``MIN_GAP`` times the noise floor or more.
+def token_set(word_grad: torch.Tensor, max_size: int, num_labelled: int = 0) -> tuple[torch.Tensor, bool]:
+    """Rows whose norm is ``MIN_GAP`` times the noise floor or more, once the decoder side is taken out.
 
-    The batch holds at most ``max_size`` distinct tokens, so the row ranked ``max_size + 1`` is surely
-    outside the set: its norm is the floor. (The largest gap among the top rows is no good boundary:
-    label rows dwarf the other input rows, their decoder-side part being ``−h_t / M``.)
+    With BERT's tied decoder every row ``v`` of the word-embedding gradient holds a decoder-side part
+    ``Σ_t (p_tv − y_tv) h_t / M``: a combination of the ``M`` labelled positions' final hidden states, so
+    all rows outside the batch's tokens lie in one ``≤ M``-dimensional span. That span is estimated from
+    the rows outside the ``2 · max_size`` largest (surely not input tokens) and projected out, which leaves
+    the input side alone: exactly zero outside the batch's tokens (on a pretrained encoder the decoder side
+    can otherwise dwarf input rows). The batch holds at most ``max_size`` distinct tokens, so the residual
+    ranked ``max_size + 1`` is surely outside the set: its norm is the floor.
     """
-    norms = word_grad.norm(dim=1).double()                                        # (V,)
-    if max_size >= len(norms):
-        return torch.arange(len(norms)), False
+    grad = word_grad.double()
+    if max_size >= len(grad):
+        return torch.arange(len(grad)), False
+    if num_labelled > 0:
+        rest = torch.ones(len(grad), dtype=torch.bool)
+        rest[grad.norm(dim=1).topk(min(2 * max_size, len(grad) - 1)).indices] = False
+        values, vectors = torch.linalg.eigh(grad[rest].T @ grad[rest])               # ascending
+        values, vectors = values.flip(0), vectors.flip(1)
+        rank = int((values > values[0] * 1e-12).sum()) if float(values[0]) > 0 else 0
+        basis = vectors[:, :min(rank, num_labelled, grad.shape[1] - 1)]
+        grad = grad - (grad @ basis) @ basis.T
+    norms = grad.norm(dim=1)                                                         # (V,)
     floor = float(norms.topk(max_size + 1).values[-1])
     chosen = (norms > MIN_GAP * floor).nonzero().flatten() if floor > 0 else (norms > 0).nonzero().flatten()
     if len(chosen) == 0 or len(chosen) > max_size:
@@ -130,7 +143,9 @@ def infer_priors(gradients: Mapping[str, torch.Tensor], model: BertForMaskedLM, 
             raise GradientMismatchError(f"the gradient lacks {name!r} ({role}); cannot read priors")
     length = sequence_length(gradients[names["position"]])
     labels, counts, m = label_words(gradients[names["bias"]], max_labels=batch_size * length)
-    tokens, found = token_set(gradients[names["word"]], batch_size * length + len(labels))
+    tokens, found = token_set(gradients[names["word"]], batch_size * length + len(labels), m)
+    if found:  # a label word replaced by [MASK] everywhere has no input-side row: keep it a candidate anyway
+        tokens = torch.cat([tokens, labels]).unique()
     logger.info("priors: sequence length %d, %d labelled position(s) of %d distinct word(s), "
                 "token set of %d%s", length, m, len(labels), len(tokens), "" if found else " (whole vocabulary)")
     return MaskedLMPriors(length, tokens, labels, counts, m, found)

@@ -99,6 +99,17 @@ def mask_tokens(input_ids: torch.Tensor, special_mask: torch.Tensor, *, probabil
     return ids, labels
 
 
+def prepare_batch(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], config: CaptureConfig, *,
+                  index: int, vocab_size: int, generator: torch.Generator) -> VictimBatch:
+    """Tokenize (padded, truncated to ``config.max_length``) and mask one batch of private sentences."""
+    chunk = tuple(sentences)
+    enc = tokenizer(list(chunk), padding=True, truncation=True, max_length=config.max_length, return_tensors="pt",
+                    return_special_tokens_mask=True)
+    masked, labels = mask_tokens(enc["input_ids"], enc["special_tokens_mask"], probability=config.mlm_probability,
+                                 mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size, generator=generator)
+    return VictimBatch(index, chunk, enc["input_ids"], masked, labels, enc["attention_mask"])
+
+
 def masked_lm_gradient(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        labels: torch.Tensor, *, train_mode: bool = False) -> dict[str, torch.Tensor]:
     """One participant's gradient: mean masked-LM loss over the selected tokens, per named parameter."""
@@ -167,30 +178,26 @@ def capture_gradients(
         defense_generator.seed()
     out = []
     for b, start in enumerate(range(0, len(sentences), config.batch_size)):
-        chunk = sentences[start:start + config.batch_size]
-        enc = tokenizer(chunk, padding=True, truncation=True, max_length=config.max_length,
-                        return_tensors="pt", return_special_tokens_mask=True)
-        masked, labels = mask_tokens(enc["input_ids"], enc["special_tokens_mask"],
-                                     probability=config.mlm_probability,
-                                     mask_token_id=tokenizer.mask_token_id,
-                                     vocab_size=model.config.vocab_size, generator=generator)
-        grads = masked_lm_gradient(model, masked, enc["attention_mask"], labels, train_mode=config.train_mode)
-        if config.local_lr is not None:
-            grads = _weight_delta(model, masked, enc["attention_mask"], labels, config)
+        truth = prepare_batch(tokenizer, sentences[start:start + config.batch_size], config, index=b,
+                              vocab_size=model.config.vocab_size, generator=generator)
+        chunk, masked, labels, attention = truth.sentences, truth.masked_input_ids, truth.labels, truth.attention_mask
+        if config.local_lr is None:
+            grads = masked_lm_gradient(model, masked, attention, labels, train_mode=config.train_mode)
+        else:
+            grads = _weight_delta(model, masked, attention, labels, config)
         if defense is not None:
             per_example = None
             if defense.needs_per_example:  # a sentence with no selected token contributes nothing
                 zero = {n: torch.zeros_like(g) for n, g in grads.items()}
-                per_example = [masked_lm_gradient(model, masked[i:i + 1], enc["attention_mask"][i:i + 1],
+                per_example = [masked_lm_gradient(model, masked[i:i + 1], attention[i:i + 1],
                                                   labels[i:i + 1], train_mode=config.train_mode)
                                if bool((labels[i] != -100).any()) else zero for i in range(len(chunk))]
             grads = defense.apply(grads, generator=defense_generator, per_example=per_example)
         metadata = observation_metadata(config, model_info=model_info, tokenizer_name=tokenizer_name,
                                         batch_size=len(chunk), batch_index=b, defense=defense)
-        truth = VictimBatch(b, tuple(chunk), enc["input_ids"], masked, labels, enc["attention_mask"])
         out.append((GradientObservation(grads, metadata), truth))
         logger.info("captured batch %d: %d sentence(s), %d tokens each, %d selected for prediction",
-                    b, len(chunk), enc["input_ids"].shape[1], int((labels != -100).sum()))
+                    b, len(chunk), masked.shape[1], int((labels != -100).sum()))
     return out
 
 
@@ -223,12 +230,20 @@ def _weight_delta(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mas
 
     client = copy.deepcopy(model)
     start = {n: p.detach().clone() for n, p in client.named_parameters()}
-    for _ in range(config.local_steps):
-        grads = masked_lm_gradient(client, input_ids, attention_mask, labels, train_mode=config.train_mode)
-        with torch.no_grad():
-            for n, p in client.named_parameters():
-                p -= config.local_lr * grads[n]
+    local_sgd(client, input_ids, attention_mask, labels, config)
     return {n: (p.detach() - start[n]).clone() for n, p in client.named_parameters()}
+
+
+def local_sgd(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+              config: CaptureConfig) -> None:
+    """``config.local_steps`` plain SGD steps at ``config.local_lr`` on one batch, in place (a FedAvg client)."""
+    if config.local_lr is None:
+        raise ConfigError("local SGD needs local_lr, the client's learning rate")
+    for _ in range(config.local_steps):
+        grads = masked_lm_gradient(model, input_ids, attention_mask, labels, train_mode=config.train_mode)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p -= config.local_lr * grads[n]
 
 
 def write_observations(pairs: Sequence[tuple[GradientObservation, VictimBatch]],
