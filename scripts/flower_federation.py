@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     path = {"minilm": str(default_tokenizer_dir()), "bert-base": None}.get(args.model, args.model)
     spec = ModelSpec(name_or_path=path, seed=0)
     started = time.perf_counter()
-    recorded = run_masked_lm_federation(spec, clients, out_dir=args.out_dir, config=CaptureConfig(batch_size=args.batch_size),
+    recorded = run_masked_lm_federation(spec, clients, out_dir=args.out_dir,
+                                        config=CaptureConfig(batch_size=args.batch_size),
                                         mode=args.mode, lr=args.lr, local_steps=args.local_steps, rounds=args.rounds)
     federation_s = time.perf_counter() - started
     print(f"federation: {len(clients)} clients x {args.rounds} round(s), {args.mode}, {len(recorded)} updates "
@@ -109,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for entry in (e for e in recorded if e["client"] in targets):
         observation = load_observation(entry["path"])
-        model, _ = model_from_metadata(observation.metadata["model"], name_or_path=path, weights=entry["global_weights"])
+        model, _ = model_from_metadata(observation.metadata["model"], name_or_path=path,
+                                       weights=entry["global_weights"])
         t0 = time.perf_counter()
         recs = MaskedLMAttack(model, tokenizer, config).attack(observation, generator=torch.Generator().manual_seed(0))
         seconds = time.perf_counter() - t0

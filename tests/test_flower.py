@@ -90,8 +90,9 @@ def test_fedavg_records_the_weight_delta_of_the_local_steps(fedavg, tokenizer):
 
 def test_nlp_dlg_attack_reads_a_later_round_with_its_global_weights(fedsgd, tmp_path):
     out, _ = fedsgd
-    cmd = [sys.executable, "-m", "nlp_dlg.cli", "-q", "attack", "--gradients", str(out / "round-002-client-bob.safetensors"),
-           "--out", str(tmp_path / "r.jsonl"), "--max-evals", "5"]
+    bob = str(out / "round-002-client-bob.safetensors")
+    cmd = [sys.executable, "-m", "nlp_dlg.cli", "-q", "attack", "--gradients", bob, "--out", str(tmp_path / "r.jsonl"),
+           "--max-evals", "5"]
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "checksum" in refused.stderr
     done = subprocess.run(cmd + ["--weights", str(out / "weights" / "global-round-002.safetensors")],

@@ -133,9 +133,9 @@ class RecordingStrategy(FedAvg):
             sent = self._named(arrays)
             update = sent if self.mode == "fedsgd" else {n: sent[n] - global_named[n] for n in self.names}
             metadata = dict(self.describe(int(res.num_examples), server_round, global_named))
-            metadata["federation"] = {"framework": "flower", "strategy": "FedSGD" if self.mode == "fedsgd" else "FedAvg",
-                                      "round": server_round, "client": client, "clients": len(results),
-                                      "global_weights": _weights_name(server_round)}
+            metadata["federation"] = {"framework": "flower", "round": server_round, "client": client,
+                                      "strategy": "FedSGD" if self.mode == "fedsgd" else "FedAvg",
+                                      "clients": len(results), "global_weights": _weights_name(server_round)}
             if self.mode == "fedavg":
                 metadata["update"] = {"kind": "weight-delta", "local_steps": self.local_steps, "local_lr": self.lr}
             path = self.out_dir / f"round-{server_round:03d}-client-{_safe(client)}.safetensors"
