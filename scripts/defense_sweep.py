@@ -207,8 +207,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one strength or two per defence kind, one sample, short "
                     "attacks: <= 10 minutes on 2 CPU cores")
-    ap.add_argument("--samples", type=int, default=None,
-                    help="sentences / images per defence (default: 1 quick, 3 full)")
+    ap.add_argument("--samples", type=int, default=1, help="sentences / images per defence (default: 1)")
+    ap.add_argument("--max-evals", type=int, default=None,
+                    help="text: gradient evaluations per attack (default: 30 quick, 100 full)")
     ap.add_argument("--modalities", nargs="+", choices=["text", "vision"], default=["text", "vision"])
     ap.add_argument("--methods", nargs="+", choices=["dlg", "span", "default"], default=["dlg", "span", "default"],
                     help="attacks to run: dlg (both modalities), span (text default), default (vision default)")
@@ -218,13 +219,13 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     specs = QUICK if args.quick else FULL
-    samples = args.samples or (1 if args.quick else 3)
+    samples = args.samples
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rows: list[dict] = []
     curves: dict = {}
     if "text" in args.modalities:
-        rows += text_rows(specs, samples, 30 if args.quick else 600, args, curves)
+        rows += text_rows(specs, samples, args.max_evals or (30 if args.quick else 100), args, curves)
     if "vision" in args.modalities:
         rows += vision_rows(specs, samples, QUICK_VISION_STEPS if args.quick else 300, args, curves)
     with (args.out / "sweep.csv").open("w", newline="") as fh:

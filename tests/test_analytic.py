@@ -151,6 +151,31 @@ def test_span_attack_falls_back_to_matching_in_train_mode(capture, tiny_model, t
     assert recs[0].reconstruction  # never an empty string
 
 
+def test_one_inexact_sentence_comes_back_from_the_nearest_tokens(small, tokenizer, caplog):
+    """bf16 rounding leaves no exact span (no candidate within 1e-3 at some positions), but with the rank known
+    from the length prior the right token is still the nearest at every position."""
+    from nlp_dlg.text import CaptureConfig, capture_gradients
+    from nlp_dlg.text.analytic import nearest_tokens
+
+    model, info = small
+    config = CaptureConfig(mlm_probability=0.3, defense="bf16")
+    obs, truth = capture_gradients(model, tokenizer, ["the quick brown fox jumps over the lazy dog ."], config,
+                                   model_info=info, generator=torch.Generator().manual_seed(2),
+                                   defense_generator=torch.Generator().manual_seed(0))[0]
+    priors = infer_priors(obs.gradients, model, 1)
+    length = priors.sequence_length
+    exact = position_candidates(model, attention_input_span(obs.gradients, model, 0, length), priors.token_set, length)
+    assert any(len(c) == 0 for c in exact)    # no token within the exact threshold at some positions
+    span = attention_input_span(obs.gradients, model, 0, length, rank=length)
+    ids, margin = nearest_tokens(model, span, priors.token_set, length)
+    # the attack sets [CLS] and [SEP] at the ends itself
+    assert ids[1:-1].tolist() == truth.masked_input_ids[0, 1:-1].tolist() and bool((margin[1:-1] > 1).all())
+    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=5))
+    with caplog.at_level(logging.INFO):
+        rec = MaskedLMAttack(model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
+    assert "nearest token" in caplog.text and rec.reconstruction
+
+
 def test_span_method_refuses_the_no_priors_switch():
     from nlp_dlg.engine.errors import ConfigError
 

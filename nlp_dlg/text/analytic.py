@@ -71,11 +71,12 @@ class Span:
 
 
 def attention_input_span(gradients: Mapping[str, torch.Tensor], model: BertForMaskedLM, layer: int,
-                         max_rank: int) -> Span:
+                         max_rank: int, *, rank: int | None = None) -> Span:
     """The span of layer ``layer``'s inputs from its query/key/value weight gradients.
 
     The rank is the largest gap in the singular values among the first ``max_rank`` (at most B·T
-    tokens feed the layer); it must be at least ``MIN_SPAN_GAP``, else noise fills the rank.
+    tokens feed the layer); it must be at least ``MIN_SPAN_GAP``, else noise fills the rank. A known
+    ``rank`` (a noisy gradient of one sentence of T distinct positions has rank T) skips the gap test.
     """
     layers = len(model.bert.encoder.layer)
     if layer >= layers:
@@ -91,6 +92,8 @@ def attention_input_span(gradients: Mapping[str, torch.Tensor], model: BertForMa
     if not bool(torch.isfinite(s).all()) or float(s[0]) == 0.0:
         raise SpanUnavailable(f"layer {layer}: the attention gradient is zero or not finite")
     rel = s / s[0]
+    if rank is not None:
+        return Span(vh[:min(rank, hidden - 1)].T.contiguous(), rel)
     top = min(max_rank, hidden - 1)
     ratios = rel[:top] / rel[1:top + 1].clamp_min(1e-300)                           # ratios[i] = σ_i / σ_(i+1)
     rank = int(ratios.argmax()) + 1
@@ -132,6 +135,22 @@ def position_candidates(model: BertForMaskedLM, span: Span, token_ids: torch.Ten
         ids_p, res_p = torch.cat(ids), torch.cat(res)
         out.append(ids_p[res_p.argsort()])
     return out
+
+
+def nearest_tokens(model: BertForMaskedLM, span: Span, token_ids: torch.Tensor, length: int,
+                   *, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position ``0…length−1`` the token (of ``token_ids``) whose first-layer input is nearest to ``span``,
+    and the margin ``second-nearest residual / nearest residual`` (large: unambiguous). For a noisy span,
+    where no token lies inside it (:func:`position_candidates` finds none) but the right one is still the
+    nearest by far."""
+    best, margin = [], []
+    for p in range(length):
+        res = torch.cat([span.residual(first_layer_inputs(model, token_ids[i:i + chunk], p))
+                         for i in range(0, len(token_ids), chunk)])
+        two = res.topk(min(2, len(res)), largest=False)
+        best.append(token_ids[two.indices[0]])
+        margin.append(two.values[-1] / two.values[0].clamp_min(1e-30) if len(res) > 1 else torch.tensor(float("inf")))
+    return torch.stack(best), torch.stack(margin).double()
 
 
 class _FirstLayer:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from nlp_dlg.text.analytic import (
     SpanUnavailable,
     assemble_batch,
     attention_input_span,
+    nearest_tokens,
     place_labels,
     position_candidates,
 )
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("span", "dlg")
 CERTIFY_DISTANCE = 1e-4  # cosine distance between the guess's own gradient and the observed one: exact
+NEAREST_MARGIN = 2.0     # an inexact one-sentence guess stands when each position's nearest token is this much nearer
 
 
 @dataclass(frozen=True)
@@ -175,17 +177,21 @@ class MaskedLMAttack:
             started = time.perf_counter()
             guess = self._analytic(observation, priors, batch_size, generator)
             if guess is not None:
-                ids, inputs, certified, distance = guess
+                ids, inputs, certified, distance, unambiguous = guess
                 seconds = time.perf_counter() - started
                 texts = [decode_text(self.tokenizer, row.tolist()) for row in ids]
                 record = StepRecord(0, 0, 0, distance, distance, seconds, {})
                 for cb in self.callbacks:
                     cb(TextStep(record, tuple(texts), ids))
-                if certified:
-                    logger.info("batch %d: every sentence certified by the span checks (%.1fs, gradient cosine "
-                                "distance %.2g)", batch, seconds, distance)
+                if certified or unambiguous:
+                    if certified:
+                        logger.info("batch %d: every sentence certified by the span checks (%.1fs, gradient cosine "
+                                    "distance %.2g)", batch, seconds, distance)
+                    else:
+                        logger.warning("batch %d: noisy gradient (cosine distance %.2g to the guess): every position's "
+                                       "nearest token is unambiguous, kept as it is (not certified)", batch, distance)
                     return [Reconstruction(batch, i, tuple(row.tolist()), text, distance, 0, 0, seconds,
-                                           self.config.method, certified=True)
+                                           self.config.method, certified=certified)
                             for i, (row, text) in enumerate(zip(ids, texts))]
                 logger.warning("batch %d: the span checks did not certify every sentence: gradient matching "
                                "from the analytic guess", batch)
@@ -193,26 +199,30 @@ class MaskedLMAttack:
         return self._match(observation, priors, generator, batch, initial)
 
     def _analytic(self, observation: GradientObservation, priors: MaskedLMPriors, batch_size: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, bool, float] | None:
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, bool, float, bool] | None:
         """The span checks and analytic labels: ``(original ids (B, T), input ids the model saw (B, T),
-        certified, gradient cosine distance of the guess)``, or None where the checks cannot work (logged)."""
+        certified, gradient cosine distance of the guess, unambiguous)``, or None where the checks cannot work
+        (logged). One sentence whose gradient is not exact (noise, quantisation, pruning, dropout) still has
+        rank T: its guess is then the nearest token per position, ``unambiguous`` when every position's
+        nearest token stands out by ``NEAREST_MARGIN``."""
         grads, tok, length = observation.gradients, self.tokenizer, priors.sequence_length
+        unambiguous = False
         try:
-            span1 = attention_input_span(grads, self.model, 0, batch_size * length)
-            candidates = position_candidates(self.model, span1, priors.token_set, length)
-            logger.info("span check: rank %d; candidates per position %s", span1.rank,
-                        [len(c) for c in candidates])
-            span2 = attention_input_span(grads, self.model, 1, batch_size * length)
-            sentences = assemble_batch(self.model, span2, candidates, batch_size, cls_id=tok.cls_token_id,
-                                       sep_id=tok.sep_token_id, generator=generator)
-            if not sentences:
-                raise SpanUnavailable("no sentence fits the attention spans")
-            sentences += sentences[-1:] * (batch_size - len(sentences))
-            inputs = torch.full((batch_size, length), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros(batch_size, length, dtype=torch.long)
-            for i, s in enumerate(sentences):
-                inputs[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
-                mask[i, :len(s.token_ids)] = 1
+            try:
+                inputs, mask = self._exact_guess(grads, priors, batch_size, generator)
+            except SpanUnavailable as exc:
+                if batch_size != 1:
+                    raise
+                logger.warning("span check: %s; one sentence: taking the nearest token to the rank-%d span at each "
+                               "position (an inexact gradient?)", exc, length)
+                span1 = attention_input_span(grads, self.model, 0, length, rank=length)
+                ids, margin = nearest_tokens(self.model, span1, priors.token_set, length)
+                ids[0], ids[-1] = tok.cls_token_id, tok.sep_token_id
+                inner = margin[1:-1]
+                unambiguous = bool(len(inner) == 0 or float(inner.min()) >= NEAREST_MARGIN)
+                logger.info("nearest tokens: smallest margin %.3g (%s)", float(inner.min()) if len(inner) else
+                            float("inf"), "unambiguous" if unambiguous else "ambiguous: gradient matching follows")
+                inputs, mask = ids[None], torch.ones(1, length, dtype=torch.long)
             labels, misfit = place_labels(self.model, grads, inputs, mask, priors)
         except SpanUnavailable as exc:
             logger.warning("span check unavailable (%s): gradient matching only", exc)
@@ -223,9 +233,30 @@ class MaskedLMAttack:
         distance = float(gradient_distance([own[n] for n in names], [grads[n] for n in names], "cosine"))
         # the certificate: the guess, fed to the model, gives the observed gradient back
         certified = distance < CERTIFY_DISTANCE
-        logger.info("span check: %d/%d sentence(s) fit the second layer, label misfit %.2g, gradient cosine "
-                    "distance %.2g", sum(s.certified for s in sentences), batch_size, misfit, distance)
-        return ids, inputs, certified, distance
+        logger.info("span check: label misfit %.2g, gradient cosine distance %.2g", misfit, distance)
+        return ids, inputs, certified, distance, unambiguous and not certified
+
+    def _exact_guess(self, grads: Mapping[str, torch.Tensor], priors: MaskedLMPriors, batch_size: int,
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sentences from the exact span checks: ``(input ids (B, T), attention mask (B, T))``."""
+        tok, length = self.tokenizer, priors.sequence_length
+        span1 = attention_input_span(grads, self.model, 0, batch_size * length)
+        candidates = position_candidates(self.model, span1, priors.token_set, length)
+        logger.info("span check: rank %d; candidates per position %s", span1.rank, [len(c) for c in candidates])
+        span2 = attention_input_span(grads, self.model, 1, batch_size * length)
+        sentences = assemble_batch(self.model, span2, candidates, batch_size, cls_id=tok.cls_token_id,
+                                   sep_id=tok.sep_token_id, generator=generator)
+        if not sentences:
+            raise SpanUnavailable("no sentence fits the attention spans")
+        logger.info("span check: %d/%d sentence(s) fit the second layer", sum(s.certified for s in sentences),
+                    batch_size)
+        sentences += sentences[-1:] * (batch_size - len(sentences))
+        inputs = torch.full((batch_size, length), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros(batch_size, length, dtype=torch.long)
+        for i, s in enumerate(sentences):
+            inputs[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
+            mask[i, :len(s.token_ids)] = 1
+        return inputs, mask
 
     def _match(self, observation: GradientObservation, priors: MaskedLMPriors, generator: torch.Generator,
                batch: int, initial_ids: torch.Tensor | None) -> list[Reconstruction]:
