@@ -52,6 +52,16 @@ def test_gaussian_and_laplace_noise_have_their_scale_and_are_seeded():
     assert float(lap.std()) == pytest.approx(0.02 * math.sqrt(2), rel=0.02)
 
 
+def test_laplace_noise_stays_finite_when_the_uniform_draw_is_zero(monkeypatch):
+    """torch.rand returns exactly 0 once in 2^24 draws (a few times per BERT-base gradient): the inverse CDF
+    must not turn it into an infinite entry."""
+    import nlp_dlg.engine.defense as defense
+
+    monkeypatch.setattr(defense.torch, "rand", lambda shape, generator=None, dtype=None: torch.zeros(shape, dtype=dtype))
+    noisy = _apply("laplace:0.01", _grads(n=10))
+    assert all(bool(torch.isfinite(t).all()) for t in noisy.values())
+
+
 def test_precision_and_quantisation_errors_are_bounded():
     clean = _grads()
     for spec, rel, smallest in (("fp16", 2.0 ** -11, 2.0 ** -14), ("bf16", 2.0 ** -8, 2.0 ** -126)):

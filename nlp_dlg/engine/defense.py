@@ -132,8 +132,10 @@ def _apply_one(t: Transform, g: torch.Tensor, generator: torch.Generator) -> tor
     if t.kind == "gaussian":
         return g + t.params[0] * torch.randn(g.shape, generator=generator)
     if t.kind == "laplace":
-        u = torch.rand(g.shape, generator=generator).clamp(1e-12, 1 - 1e-12) - 0.5
-        return g - t.params[0] * u.sign() * torch.log1p(-2 * u.abs())                 # inverse CDF
+        # float64: in float32 a draw of exactly 0 (one in 2^24, a few per BERT-base gradient) becomes u = −0.5
+        # after the clamp, and log1p(−1) = −inf
+        u = torch.rand(g.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
+        return g - (t.params[0] * u.sign() * torch.log1p(-2 * u.abs())).to(g.dtype)   # inverse CDF
     if t.kind == "fp16":
         return g.half().float()
     if t.kind == "bf16":

@@ -159,6 +159,9 @@ class RecordingStrategy(FedAvg):
     def _check(self, arrays: Sequence[np.ndarray], what: str) -> None:
         if len(arrays) != len(self.names):
             raise FederationError(f"{what}: {len(arrays)} arrays for {len(self.names)} parameters")
+        wrong = [n for n, a, g in zip(self.names, arrays, self._global) if a.shape != g.shape]
+        if wrong:
+            raise FederationError(f"{what}: wrong shape for {', '.join(wrong[:3])}")
 
 
 def _weights_name(server_round: int) -> str:
