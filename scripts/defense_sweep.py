@@ -213,12 +213,19 @@ def main() -> None:
     ap.add_argument("--modalities", nargs="+", choices=["text", "vision"], default=["text", "vision"])
     ap.add_argument("--methods", nargs="+", choices=["dlg", "span", "default"], default=["dlg", "span", "default"],
                     help="attacks to run: dlg (both modalities), span (text default), default (vision default)")
+    ap.add_argument("--defenses", nargs="+", default=None, metavar="SPEC",
+                    help="only these defences (e.g. none laplace:1e-2; default: the quick or full list)")
     ap.add_argument("--dp-rate", type=float, default=0.01, help="sampling rate for the epsilon column (default: 0.01)")
     ap.add_argument("--dp-steps", type=int, default=1000, help="training steps for the epsilon column (default: 1000)")
     ap.add_argument("--out", type=Path, default=Path("runs/defense_sweep"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
-    specs = QUICK if args.quick else FULL
+    specs = args.defenses or (QUICK if args.quick else FULL)
+    for spec in specs:  # a malformed spec fails here, in one line, not after minutes of attacks
+        try:
+            parse_defense(None if spec == "none" else spec)
+        except NlpDlgError as exc:
+            ap.error(str(exc))
     samples = args.samples
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
