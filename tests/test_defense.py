@@ -57,7 +57,10 @@ def test_laplace_noise_stays_finite_when_the_uniform_draw_is_zero(monkeypatch):
     must not turn it into an infinite entry."""
     import nlp_dlg.engine.defense as defense
 
-    monkeypatch.setattr(defense.torch, "rand", lambda shape, generator=None, dtype=None: torch.zeros(shape, dtype=dtype))
+    def zeros(shape, generator=None, dtype=None):
+        return torch.zeros(shape, dtype=dtype)
+
+    monkeypatch.setattr(defense.torch, "rand", zeros)
     noisy = _apply("laplace:0.01", _grads(n=10))
     assert all(bool(torch.isfinite(t).all()) for t in noisy.values())
 
