@@ -117,6 +117,16 @@ def _sniff(path: Path) -> None:
         raise GradientFileError(f"{path}: not a safetensors file (bad header)")
 
 
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Header metadata and tensors of a safetensors file, after :func:`_sniff` refused anything else."""
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return fh.metadata() or {}, {name: fh.get_tensor(name) for name in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
 def load_observation(path: str | Path, *, check_finite: bool = True) -> GradientObservation:
     """Load a gradient file written by :func:`save_observation`.
 
@@ -129,13 +139,7 @@ def load_observation(path: str | Path, *, check_finite: bool = True) -> Gradient
         raise GradientFileError(f"{path}: no such file")
     if not path.is_file():
         raise GradientFileError(f"{path}: expected a gradient file, got a directory or special file")
-    _sniff(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+    header, tensors = _read(path)
     if header.get("format") != FORMAT:
         raise GradientFileError(f"{path}: not an nlp_dlg gradient file (expected format {FORMAT!r}, "
                                 f"got {header.get('format')!r})")
@@ -186,13 +190,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise GradientFileError(f"{path}: no such weights file")
-    _sniff(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+    header, tensors = _read(path)
     if header.get("format") != WEIGHTS_FORMAT:
         raise GradientFileError(f"{path}: not an nlp_dlg weights file (expected format {WEIGHTS_FORMAT!r}, "
                                 f"got {header.get('format')!r})")
