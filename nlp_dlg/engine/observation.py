@@ -117,14 +117,19 @@ def _sniff(path: Path) -> None:
         raise GradientFileError(f"{path}: not a safetensors file (bad header)")
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Header metadata and tensors of a safetensors file, after :func:`_sniff` refused anything else."""
+def _read(path: Path, expected: str, kind: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Header metadata and tensors of a safetensors file of format ``expected`` (a ``kind`` file of this
+    toolkit), after :func:`_sniff` refused anything else."""
     _sniff(path)
     try:
         with safe_open(str(path), framework="pt") as fh:
-            return fh.metadata() or {}, {name: fh.get_tensor(name) for name in fh.keys()}
+            header, tensors = fh.metadata() or {}, {name: fh.get_tensor(name) for name in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if header.get("format") != expected:
+        raise GradientFileError(f"{path}: not an nlp_dlg {kind} file (expected format {expected!r}, "
+                                f"got {header.get('format')!r})")
+    return header, tensors
 
 
 def load_observation(path: str | Path, *, check_finite: bool = True) -> GradientObservation:
@@ -139,10 +144,7 @@ def load_observation(path: str | Path, *, check_finite: bool = True) -> Gradient
         raise GradientFileError(f"{path}: no such file")
     if not path.is_file():
         raise GradientFileError(f"{path}: expected a gradient file, got a directory or special file")
-    header, tensors = _read(path)
-    if header.get("format") != FORMAT:
-        raise GradientFileError(f"{path}: not an nlp_dlg gradient file (expected format {FORMAT!r}, "
-                                f"got {header.get('format')!r})")
+    header, tensors = _read(path, FORMAT, "gradient")
     try:
         metadata = json.loads(header.get("metadata", "{}"))
     except json.JSONDecodeError as exc:
@@ -190,11 +192,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise GradientFileError(f"{path}: no such weights file")
-    header, tensors = _read(path)
-    if header.get("format") != WEIGHTS_FORMAT:
-        raise GradientFileError(f"{path}: not an nlp_dlg weights file (expected format {WEIGHTS_FORMAT!r}, "
-                                f"got {header.get('format')!r})")
-    return tensors
+    return _read(path, WEIGHTS_FORMAT, "weights")[1]
 
 
 def weights_checksum(model: torch.nn.Module) -> str:
