@@ -151,6 +151,10 @@ def _victim(args: argparse.Namespace):
 
     if args.batch_size <= 0:
         raise ConfigError(f"--batch-size: expected a positive integer, got {args.batch_size}")
+    # options are checked (defence spec included) before a model is built: a typo fails in a moment
+    config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
+                           max_length=args.max_length, train_mode=args.train_mode, defense=args.defense,
+                           local_steps=args.local_steps, local_lr=args.local_lr)
     sentences = _sentences(args)
     overrides = None
     if args.model_config is not None:
@@ -166,9 +170,6 @@ def _victim(args: argparse.Namespace):
     generator = None
     if args.mask_seed is not None:
         generator = torch.Generator().manual_seed(args.mask_seed)
-    config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
-                           max_length=args.max_length, train_mode=args.train_mode, defense=args.defense,
-                           local_steps=args.local_steps, local_lr=args.local_lr)
     noise = None if args.defense_seed is None else torch.Generator().manual_seed(args.defense_seed)
     if args.world_size > 1:
         from nlp_dlg.text.distributed import capture_distributed

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -52,37 +50,35 @@ def test_a_failing_rank_surfaces_as_one_error():
         run_ranks(_failing_worker, 2, None, timeout=120)
 
 
-def test_nlp_dlg_capture_with_two_ranks_records_the_global_batch(tmp_path, tmp_path_factory):
+def test_nlp_dlg_capture_with_two_ranks_records_the_global_batch(tmp_path, capsys):
+    from nlp_dlg.cli import main
+    from nlp_dlg.engine import load_observation
+
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                                   "intermediate_size": 64}))
-    done = subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--text", "the cat sat .",
-                           "--text", "a dog ran .", "--batch-size", "2", "--world-size", "2", "--mask-seed", "3",
-                           "--model-config", str(config), "--out", str(tmp_path / "g")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    from nlp_dlg.engine import load_observation
-
+    tiny = ["--model-config", str(config)]
+    assert main(["-q", "capture", "--text", "the cat sat .", "--text", "a dog ran .", "--batch-size", "2",
+                 "--world-size", "2", "--mask-seed", "3", *tiny, "--out", str(tmp_path / "g")]) == 0
     meta = load_observation(tmp_path / "g" / "batch-000.safetensors").metadata
     assert meta["batch_size"] == 2 and meta["distributed"]["world_size"] == 2
-    done = subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--text", "a b c .",
-                           "--batch-size", "3", "--world-size", "2", "--model-config", str(config),
-                           "--out", str(tmp_path / "h")], capture_output=True, text=True)
-    assert done.returncode == 2 and "split evenly" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--text", "a b c .", "--text", "d e .",
-                           "--batch-size", "2", "--world-size", "2", "--local-lr", "0.1", "--model-config", str(config),
-                           "--out", str(tmp_path / "f")], capture_output=True, text=True)
-    assert done.returncode == 2 and "FedAvg local steps with --world-size" in done.stderr
+    capsys.readouterr()
+    assert main(["-q", "capture", "--text", "a b c .", "--batch-size", "3", "--world-size", "2", *tiny,
+                 "--out", str(tmp_path / "h")]) == 2
+    assert "split evenly" in capsys.readouterr().err
+    assert main(["-q", "capture", "--text", "a b c .", "--text", "d e .", "--batch-size", "2", "--world-size", "2",
+                 "--local-lr", "0.1", *tiny, "--out", str(tmp_path / "f")]) == 2
+    assert "FedAvg local steps with --world-size" in capsys.readouterr().err
 
 
 def test_vision_dlg_capture_with_two_ranks_equals_the_single_process_gradient(tmp_path):
     from nlp_dlg.engine import load_observation
+    from vision_dlg.cli import main
 
     common = ["--dataset", "skimage", "--index", "0", "1", "--labels", "3,5", "--num-classes", "10",
               "--image-size", "8", "--batch-size", "2"]
     for name, extra in (("ddp", ["--world-size", "2"]), ("one", [])):
-        done = subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", "capture", *common, *extra,
-                               "--out", str(tmp_path / name)], capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
+        assert main(["-q", "capture", *common, *extra, "--out", str(tmp_path / name)]) == 0
     ddp = load_observation(tmp_path / "ddp" / "batch-000.safetensors")
     one = load_observation(tmp_path / "one" / "batch-000.safetensors")
     assert ddp.metadata["distributed"]["world_size"] == 2
