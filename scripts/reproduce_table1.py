@@ -1,13 +1,21 @@
 """The paper's Table 1: iterations to restore a batch of 1, 2, 4, 8 images from one ResNet-20 gradient.
 
-Victim: ResNet-20 with sigmoid and no strides (as the paper modified it), 100 classes, random init, eval
-mode; a batch of held-out real photos (faces from scikit-image's `lfw_subset`, 32x32 RGB) in one gradient.
-Attacker: DLG, L2, L-BFGS lr 1.0, labels from the classifier's gradient (batch: counts, then optimised).
-Success criterion: every image of the batch, paired to its reference by Hungarian matching on MSE, has
-PSNR >= 30 dB (MSE <= 1e-3) and its label right. Reported: L-BFGS steps (the paper's "iterations") and
-gradient evaluations at the first step where the criterion holds, beside the paper's 270/602/1173/2711.
+Victim: ResNet-20 with sigmoid and no strides (as the paper modified it), 100 classes, random init, a
+batch of held-out real photos (faces from scikit-image's `lfw_subset`) in one gradient, computed in train
+mode (`--mode train`, the default: batch norm on the batch's statistics, as in a training step and in
+PyTorch's default mode). In eval mode with fresh running statistics batch norm is the identity, and
+through 10 sigmoids the gradient vanishes towards the input (stem gradient 2e-7 against 5 for the
+classifier): nothing is restored there. Attacker: DLG, L2, L-BFGS lr 1.0, labels from the classifier's
+gradient (batch: counts, then optimised), in the victim's mode.
+Success criterion: every image of the batch, paired to its reference, has PSNR >= 30 dB and its label
+right. Batch norm on the batch's statistics cannot see the batch's brightness and contrast, so in train
+mode the PSNR is taken after the one least-squares map a*x + b for the whole batch
+(`vision_dlg.metrics.fit_brightness_contrast`); the raw PSNR is recorded too. Reported: L-BFGS steps
+(the paper's "iterations") and gradient evaluations at the first step where the criterion holds, beside
+the paper's 270/602/1173/2711.
 
-    .venv/bin/python scripts/reproduce_table1.py [--batch-sizes 1 2 4 8] [--max-steps 300] [--out runs/table1.jsonl]
+    .venv/bin/python scripts/reproduce_table1.py [--batch-sizes 1 2 4 8] [--image-size 32] [--max-steps 300]
+        [--mode train|eval] [--out runs/table1.jsonl]
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ def main() -> None:
     ap.add_argument("--distance", default="l2", choices=["l2", "cosine", "layer-l2"],
                     help="gradient distance (default: l2, the paper; layer-l2 weighs every layer the same)")
     ap.add_argument("--first-image", type=int, default=20, help="first lfw_subset index used (default: 20)")
+    ap.add_argument("--mode", choices=["train", "eval"], default="train",
+                    help="victim's mode (default: train, batch norm on the batch's statistics)")
     ap.add_argument("--out", type=Path, default=Path("runs/table1.jsonl"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -50,13 +60,16 @@ def main() -> None:
         images = torch.stack([dataset_image("lfw-subset", args.first_image + i, size=args.image_size)[0]
                               for i in range(bs)])
         labels = [(7 * i + 3) % 100 for i in range(bs)]
-        [(obs, truth)] = capture_images(model, images, labels, batch_size=bs, model_info=info)
+        [(obs, truth)] = capture_images(model, images, labels, batch_size=bs, model_info=info,
+                                        train_mode=args.mode == "train")
         reached: dict[str, float] = {}
 
         def check(step, truth=truth, reached=reached) -> bool:
-            scores = score_images(step.images, step.labels, truth.images, truth.labels)
+            scores = score_images(step.images, step.labels, truth.images, truth.labels, fit=args.mode == "train")
             worst = min(s["psnr"] for s in scores)
             reached["last_min_psnr"] = worst
+            reached["last_min_raw_psnr"] = min(s["psnr"] for s in score_images(step.images, step.labels,
+                                                                              truth.images, truth.labels))
             if worst >= PSNR_BAR and all(s["label_correct"] for s in scores):
                 reached.update(steps=step.record.step, evaluations=step.record.evaluations,
                                seconds=step.record.elapsed)
@@ -67,10 +80,12 @@ def main() -> None:
         config = ImageAttackConfig(matching=matching, log_every=1)
         started = time.perf_counter()
         rec = ImageAttack(model, config, callbacks=[check]).attack(obs, generator=torch.Generator().manual_seed(bs))
-        row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "restored": "steps" in reached,
+        row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "mode": args.mode,
+               "distance": args.distance, "restored": "steps" in reached,
                "steps_to_restore": reached.get("steps"), "evaluations_to_restore": reached.get("evaluations"),
                "seconds_to_restore": round(reached["seconds"], 1) if "seconds" in reached else None,
-               "final_min_psnr": round(reached.get("last_min_psnr", 0.0), 2), "steps_run": rec[0].iterations,
+               "final_min_psnr": round(reached.get("last_min_psnr", 0.0), 2),
+               "final_min_raw_psnr": round(reached.get("last_min_raw_psnr", 0.0), 2), "steps_run": rec[0].iterations,
                "seconds_run": round(time.perf_counter() - started, 1), "paper_iterations": PAPER.get(bs)}
         if row["restored"] and bs in PAPER:
             row["ratio_to_paper"] = round(row["steps_to_restore"] / PAPER[bs], 3)

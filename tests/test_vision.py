@@ -160,6 +160,42 @@ def test_metrics_against_hand_computed_values():
     assert float(total_variation(x[None])) == 0.0
 
 
+def test_brightness_contrast_fit_undoes_an_affine_map_shared_by_the_batch():
+    refs = torch.stack([skimage_photo("coffee", size=8), skimage_photo("astronaut", size=8)])
+    seen = (refs[[1, 0]] - 0.1) * 0.5                      # the batch, dimmed and reordered
+    assert max(s["psnr"] for s in score_images(seen, torch.tensor([1, 0]), refs, torch.tensor([0, 1]))) < 25
+    scores = score_images(seen, torch.tensor([1, 0]), refs, torch.tensor([0, 1]), fit=True)
+    assert [s["reference_index"] for s in scores] == [1, 0]
+    assert min(s["psnr"] for s in scores) > 60 and all(s["label_correct"] for s in scores)
+
+
+def test_train_mode_gradient_is_attacked_in_train_mode_and_leaves_the_model_as_it_was():
+    model = build_model(VisionModelSpec("resnet20", num_classes=10, image_size=8, seed=0))
+    spec = VisionModelSpec("resnet20", num_classes=10, image_size=8, seed=0)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    info = model_metadata(model, spec)
+    [(obs, _)] = capture_images(model, skimage_photo("coffee", size=8)[None], [3], model_info=info, train_mode=True)
+    assert obs.metadata["mode"] == "train" and not model.training
+    assert model_metadata(model, spec)["checksum"] == info["checksum"]    # running statistics untouched
+    modes = []
+    ImageAttack(model, ImageAttackConfig(matching=MatchingConfig(steps=1)),
+                callbacks=[lambda step: modes.append(model.training)]).attack(
+        obs, generator=torch.Generator().manual_seed(0))
+    assert modes and all(modes) and not model.training
+    for n, b in model.named_buffers():
+        torch.testing.assert_close(b, before[n])
+
+
+def test_cli_scores_a_train_mode_gradient_after_the_brightness_contrast_fit(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "1", "--labels", "4", "--model",
+                             "resnet20", "--num-classes", "10", "--image-size", "8", "--train-mode", "--iters", "1",
+                             "--out", str(out), "--save-images", str(tmp_path / "img"))
+    assert code == 0, err
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["fit"] == "brightness-contrast" and row["psnr"] >= row["psnr_raw"] - 1e-9
+
+
 def test_a_real_photo_comes_back_from_a_small_lenet():
     image = skimage_photo("coffee", size=16)[None]
     model, [(obs, truth)] = _capture(image, [6])

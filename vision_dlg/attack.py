@@ -29,7 +29,7 @@ from nlp_dlg.engine.matcher import GradientMatcher, MatchingConfig, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
 from vision_dlg.labels import infer_labels, labels_are_exact
 from vision_dlg.plugin import ImagePlugin
-from vision_dlg.victim import TASK
+from vision_dlg.victim import TASK, victim_mode
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ class ImageAttackConfig:
             for a batch (a batch's gradient leaves room for noise-like images that match it).
         clamp: keep the pixels in [0, 1] after each step (unboxed pixels only).
         box: optimise pixel logits (pixels = their sigmoid, always in (0, 1)); None (default): raw pixels as
-            DLG published for one image (they converge faster there), logits for a batch.
+            DLG published for one image (they converge faster there), logits for a batch or a train-mode
+            gradient (batch norm on the batch's statistics ignores the image's scale, so raw pixels drift
+            out of range there).
         log_every: call the callbacks every this many steps (and at step 0 and the last).
     """
 
@@ -107,7 +109,8 @@ class ImageAttack:
     """Reconstruct the images behind an image-classification gradient.
 
     Args:
-        model: the model the gradient was computed on (eval mode unless the victim said otherwise).
+        model: the model the gradient was computed on; the attack runs it in the mode the gradient file records
+            (``train``: batch norm on the batch's statistics, as the victim's training step; else eval).
         config: label method and engine options.
         callbacks: called every ``config.log_every`` steps with the decoded images.
 
@@ -151,10 +154,11 @@ class ImageAttack:
             labels = infer_labels(observation.gradients, self.model, batch_size)
             exact = labels_are_exact(observation.gradients, self.model, batch_size)
         tv = self.config.tv if self.config.tv is not None else (BATCH_TV if batch_size > 1 else 0.0)
+        train = meta.get("mode") == "train"
+        box = self.config.box if self.config.box is not None else (batch_size > 1 or train)
         plugin = ImagePlugin(self.model, batch_size, image_shape, num_classes, labels=labels,
                              learn_labels=labels is not None and not exact, tv=tv,
-                             clamp=self.config.clamp,
-                             box=self.config.box if self.config.box is not None else batch_size > 1)
+                             clamp=self.config.clamp, box=box)
         every, steps = self.config.log_every, self.config.matching.steps
 
         def on_step(record: StepRecord) -> bool:
@@ -164,9 +168,10 @@ class ImageAttack:
             event = ImageStep(record, images, labs)
             return any([bool(cb(event)) for cb in self.callbacks])
 
-        result = GradientMatcher(plugin, self.config.matching, callbacks=[on_step]).run(
-            observation.gradients, generator=generator)
-        images, labs = plugin.decode(result.leaves)
+        with victim_mode(self.model, train=train):
+            result = GradientMatcher(plugin, self.config.matching, callbacks=[on_step]).run(
+                observation.gradients, generator=generator)
+            images, labs = plugin.decode(result.leaves)
         return [ImageReconstruction(batch, i, images[i], int(labs[i]), result.distance, result.steps,
                                     result.evaluations, result.seconds, self.config.label_method, result.interrupted)
                 for i in range(batch_size)]

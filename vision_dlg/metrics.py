@@ -1,5 +1,9 @@
 """Image reconstruction quality: MSE, PSNR, SSIM (torchmetrics' functional SSIM), label accuracy, and
-Hungarian pairing of reconstructions to references inside a batch (their order is not in the gradient)."""
+Hungarian pairing of reconstructions to references inside a batch (their order is not in the gradient).
+
+Batch norm on the batch's statistics (a train-mode gradient) is blind to the batch's brightness and
+contrast: ``score_images(..., fit=True)`` scores after the one least-squares map ``a·x + b`` (shared by the
+whole batch) that the gradient cannot determine."""
 
 from __future__ import annotations
 
@@ -38,9 +42,18 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> float:
                                                      kernel_size=kernel))
 
 
-def pair_images(reconstructed: torch.Tensor, references: torch.Tensor) -> list[int]:
-    """For each reconstruction, the index of its reference (Hungarian pairing on MSE)."""
-    cost = torch.cdist(reconstructed.flatten(1).double(), references.flatten(1).double()).pow(2).numpy()
+def _standardise(x: torch.Tensor) -> torch.Tensor:
+    flat = x.flatten(1).double()
+    return (flat - flat.mean(1, keepdim=True)) / flat.std(1, keepdim=True).clamp_min(1e-12)
+
+
+def pair_images(reconstructed: torch.Tensor, references: torch.Tensor, *, fit: bool = False) -> list[int]:
+    """For each reconstruction, the index of its reference (Hungarian pairing on MSE; with ``fit``, on the
+    MSE of the standardised images, which ignores brightness and contrast)."""
+    if fit:
+        cost = torch.cdist(_standardise(reconstructed), _standardise(references)).pow(2).numpy()
+    else:
+        cost = torch.cdist(reconstructed.flatten(1).double(), references.flatten(1).double()).pow(2).numpy()
     rows, cols = linear_sum_assignment(cost)
     order = [0] * len(rows)
     for r, c in zip(rows, cols):
@@ -48,11 +61,24 @@ def pair_images(reconstructed: torch.Tensor, references: torch.Tensor) -> list[i
     return order
 
 
+def fit_brightness_contrast(reconstructed: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """``a·reconstructed + b`` with the one ``(a, b)`` that brings the batch nearest (least squares) to its
+    references, given in the same order, clamped to [0, 1]."""
+    _check(reconstructed, references)
+    x, y = reconstructed.flatten().double(), references.flatten().double()
+    design = torch.stack([x, torch.ones_like(x)], 1)
+    a, b = torch.linalg.lstsq(design, y[:, None]).solution.flatten().tolist()
+    return (a * reconstructed + b).clamp(0, 1).to(reconstructed.dtype)
+
+
 def score_images(reconstructed: torch.Tensor, labels: torch.Tensor, references: torch.Tensor,
-                 reference_labels: torch.Tensor) -> list[dict[str, float]]:
+                 reference_labels: torch.Tensor, *, fit: bool = False) -> list[dict[str, float]]:
     """Per reconstruction (paired to its reference): ``mse``, ``psnr``, ``ssim``, ``label_correct``,
-    ``reference_index``."""
-    order = pair_images(reconstructed, references)
+    ``reference_index``. ``fit``: pair on standardised images and score after
+    :func:`fit_brightness_contrast` (for train-mode gradients, whose batch norm hides both)."""
+    order = pair_images(reconstructed, references, fit=fit)
+    if fit:
+        reconstructed = fit_brightness_contrast(reconstructed, references[order])
     return [{"reference_index": j, "mse": mse(x, references[j]), "psnr": psnr(x, references[j]),
              "ssim": ssim(x, references[j]), "label_correct": bool(int(lab) == int(reference_labels[j]))}
             for x, lab, j in zip(reconstructed, labels, order)]

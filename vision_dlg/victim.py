@@ -8,7 +8,8 @@ task, the batch size, the input shape, the mode. Never the images or their label
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,18 +36,31 @@ class VisionBatch:
     labels: torch.Tensor    # (B,)
 
 
+@contextmanager
+def victim_mode(model: nn.Module, *, train: bool) -> Iterator[None]:
+    """Run ``model`` in the victim's mode: ``train`` puts batch norm on the batch's statistics, as in a
+    training step, else eval. Forward passes in train mode move batch norm's running statistics: the buffers
+    and the mode are restored on exit, so the weights (and their checksum) stay those the file names."""
+    was_training = model.training
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    model.train(train)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+
+
 def image_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                    train_mode: bool = False) -> dict[str, torch.Tensor]:
     """Gradients of the mean cross-entropy of ``model`` on ``images (B, C, S, S)`` with ``labels (B,)``,
-    per named parameter. The model's ``training`` flag is restored."""
-    was_training = model.training
-    model.train(train_mode)
-    try:
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    per named parameter. The model's mode and buffers are restored (:func:`victim_mode`)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    with victim_mode(model, train=train_mode):
         loss = F.cross_entropy(model(images), labels)
         grads = torch.autograd.grad(loss, [p for _, p in named])
-    finally:
-        model.train(was_training)
     return {n: g.detach().clone() for (n, _), g in zip(named, grads)}
 
 

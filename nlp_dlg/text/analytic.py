@@ -43,6 +43,7 @@ MIN_SPAN_GAP = 10.0       # a span's smallest kept singular value stands this fa
 RESIDUAL_MAX = 1e-3       # relative distance to a span below which a vector counts as inside it
 CERTIFY_MAX = 1e-4        # mean second-layer residual of a certified sentence
 PAIR_GAP = 1.5            # residual jump that separates a batch's (token, position) pairs from the rest
+SELECTIVE_FRACTION = 0.5  # below this mean share of the batch's tokens per position, no pair filter
 RELAX_STEPS = 200         # Adam steps of one relaxed start
 RELAX_FINAL_TEMPERATURE = 0.05
 AVOID_WEIGHT = 2e-3       # penalty on a found sentence's tokens (the residual² of a mixture is ~4e-4)
@@ -333,9 +334,17 @@ def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[tor
     fewer than ``batch_size`` were certified, the best uncertified ones.
     """
     first = _FirstLayer(model)
-    with torch.enable_grad():
-        kept = pair_filter(model, span2, candidates, batch_size, generator=generator)
-    logger.debug("pair filter: tokens per position %s", [len(k) for k in kept])
+    pool = len(torch.unique(torch.cat(list(candidates)))) if any(len(c) for c in candidates) else 0
+    if sum(len(c) for c in candidates) > SELECTIVE_FRACTION * pool * len(candidates):
+        with torch.enable_grad():
+            kept = pair_filter(model, span2, candidates, batch_size, generator=generator)
+        logger.debug("pair filter: tokens per position %s", [len(k) for k in kept])
+    else:
+        # a trained embedding LayerNorm makes the first-layer test selective by itself (the pretrained
+        # MiniLM: 3 of 29 tokens per position in a batch of 2), and the pair filter's jump is not reliable there
+        kept = list(candidates)
+        logger.debug("first-layer candidates already selective (%s of %d tokens): no pair filter",
+                     [len(k) for k in kept], pool)
     lengths = [p + 1 for p in range(len(kept) - 1, 1, -1)
                if bool((kept[p] == sep_id).any()) and bool((kept[0] == cls_id).any())]
     found: dict[tuple[int, ...], AssembledSentence] = {}
@@ -380,9 +389,20 @@ def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[tor
     quota = length_counts(list(searches), batch_size, span2.rank)
     if quota is not None:                                 # each length until its count is found
         logger.debug("sentences per length (from the second span's rank %d): %s", span2.rank, quota)
-        for length, count in quota.items():
-            while sum(len(s) == length for s in found) < count and fruitless[length] < max_fruitless + 1:
-                one_round(length)
+
+        def short(length: int) -> bool:
+            return sum(len(s) == length for s in found) < quota[length]
+
+        progress = True
+        while progress:
+            progress = False
+            for length in quota:
+                while short(length) and fruitless[length] < max_fruitless + 1:
+                    progress = one_round(length) > 0 or progress
+            # a sentence found at one length takes its tokens out of the others' starts: try those again
+            if not progress or not any(short(n) for n in quota):
+                break
+            fruitless.update({n: 0 for n in quota if short(n)})
     for length in searches:                               # otherwise each length while it yields
         while len(found) < batch_size and fruitless[length] == 0 and one_round(length):
             pass

@@ -282,7 +282,11 @@ class MaskedLMAttack:
         matcher = GradientMatcher(plugin, self.config.matching, callbacks=[on_step])
         result = matcher.run(observation.gradients, generator=generator)
         ids = plugin.decode(result.leaves)
-        return [Reconstruction(batch, i, tuple(row.tolist()), decode_text(self.tokenizer, row.tolist()),
-                               result.distance, result.steps, result.evaluations, result.seconds,
-                               self.config.method, result.interrupted)
-                for i, row in enumerate(ids)]
+        texts = [decode_text(self.tokenizer, row.tolist()) for row in ids]
+        for i, text in enumerate(texts):
+            if not text.strip():
+                logger.warning("batch %d, sequence %d: the matching decoded only special tokens (an empty "
+                               "reconstruction; gradient distance %.3g)", batch, i, result.distance)
+        return [Reconstruction(batch, i, tuple(row.tolist()), text, result.distance, result.steps,
+                               result.evaluations, result.seconds, self.config.method, result.interrupted)
+                for i, (row, text) in enumerate(zip(ids, texts))]
