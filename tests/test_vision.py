@@ -170,8 +170,8 @@ def test_brightness_contrast_fit_undoes_an_affine_map_shared_by_the_batch():
 
 
 def test_train_mode_gradient_is_attacked_in_train_mode_and_leaves_the_model_as_it_was():
-    model = build_model(VisionModelSpec("resnet20", num_classes=10, image_size=8, seed=0))
     spec = VisionModelSpec("resnet20", num_classes=10, image_size=8, seed=0)
+    model = build_model(spec)
     before = {n: b.clone() for n, b in model.named_buffers()}
     info = model_metadata(model, spec)
     [(obs, _)] = capture_images(model, skimage_photo("coffee", size=8)[None], [3], model_info=info, train_mode=True)
