@@ -50,10 +50,8 @@ def _standardise(x: torch.Tensor) -> torch.Tensor:
 def pair_images(reconstructed: torch.Tensor, references: torch.Tensor, *, fit: bool = False) -> list[int]:
     """For each reconstruction, the index of its reference (Hungarian pairing on MSE; with ``fit``, on the
     MSE of the standardised images, which ignores brightness and contrast)."""
-    if fit:
-        cost = torch.cdist(_standardise(reconstructed), _standardise(references)).pow(2).numpy()
-    else:
-        cost = torch.cdist(reconstructed.flatten(1).double(), references.flatten(1).double()).pow(2).numpy()
+    prepare = _standardise if fit else (lambda x: x.flatten(1).double())
+    cost = torch.cdist(prepare(reconstructed), prepare(references)).pow(2).numpy()
     rows, cols = linear_sum_assignment(cost)
     order = [0] * len(rows)
     for r, c in zip(rows, cols):
