@@ -109,6 +109,16 @@ def test_pair_filter_keeps_every_token_at_its_position(capture, tiny_model):
     assert sum(len(k) for k in kept) <= sum(len(c) for c in candidates)
 
 
+def test_pair_filter_keeps_every_candidate_in_order_when_the_second_layer_does_not_separate(capture, tiny_model):
+    from nlp_dlg.text.analytic import Span
+
+    _, span2, candidates = _pair_batch(capture, tiny_model)
+    hidden = span2.basis.shape[0]
+    everything = Span(torch.eye(hidden, dtype=torch.float64), span2.singular_values)   # every pair fits alike
+    kept = pair_filter(tiny_model, everything, candidates, 2, generator=torch.Generator().manual_seed(0))
+    assert [k.tolist() for k in kept] == [c.tolist() for c in candidates]
+
+
 def test_length_counts_solves_the_lengths_when_unique():
     # 8 sentences of lengths {28, 27, 24, 21, 18}, 196 tokens in all: 27 x3, 24 x2 is the only fit
     assert length_counts([28, 27, 24, 21, 18], 8, 196) == {28: 1, 27: 3, 24: 2, 21: 1, 18: 1}

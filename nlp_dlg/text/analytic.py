@@ -43,6 +43,8 @@ MIN_SPAN_GAP = 10.0       # a span's smallest kept singular value stands this fa
 RESIDUAL_MAX = 1e-3       # relative distance to a span below which a vector counts as inside it
 CERTIFY_MAX = 1e-4        # mean second-layer residual of a certified sentence
 PAIR_GAP = 1.5            # residual jump that separates a batch's (token, position) pairs from the rest
+PAIR_CONTEXTS = 3         # random contexts of the pair filter; a token any of them keeps stays
+CUT_FRACTION = 0.5        # the pair filter separates only when at least this share of positions shows a jump
 SELECTIVE_FRACTION = 0.5  # below this mean share of the batch's tokens per position, no pair filter
 RELAX_STEPS = 200         # Adam steps of one relaxed start
 RELAX_FINAL_TEMPERATURE = 0.05
@@ -237,36 +239,59 @@ def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, flat_pos: torch
 
 
 def pair_filter(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int, *,
-                generator: torch.Generator, gap: float = PAIR_GAP) -> list[torch.Tensor]:
+                generator: torch.Generator, gap: float = PAIR_GAP, contexts: int = PAIR_CONTEXTS) -> list[torch.Tensor]:
     """Per position: the candidates that sit there in some sentence of the batch.
 
     The first layer's span is closed under moving a token to another position, so at random init every
     token of the batch passes everywhere. The second layer separates them: placed in any context (here a
     random sentence of candidates), a (token, position) pair of the batch has a first-layer output about
-    half as far from the second layer's span as a pair that is not. Per position the kept tokens are those
-    below the largest jump among the ``batch_size + 1`` nearest when that jump is at least ``gap``x; all
-    of them when there is no such jump (small models separate less) or no more than ``batch_size``.
+    half as far from the second layer's span as a pair that is not. Per context and position the kept
+    tokens are those below the largest jump among the ``batch_size + 1`` nearest when that jump is at
+    least ``gap``x; all of them when there is no such jump (small models separate less) or no more than
+    ``batch_size``. A token is kept when some of the ``contexts`` random contexts keeps it: where the
+    separation is real (random-init BERT) every context keeps the same tokens; where a jump is chance
+    (a pretrained encoder, whose second layer does not tell the pairs apart out of context) the contexts
+    disagree and the union keeps the right tokens. When fewer than ``CUT_FRACTION`` of the positions
+    with more than ``batch_size`` candidates show a jump, the second layer does not separate the pairs out
+    of context and every candidate is kept, in the given order; otherwise the kept ones are sorted by
+    their median residual over the contexts.
     """
     first = _FirstLayer(model)
     length = len(candidates)
     if sum(len(c) for c in candidates) == 0:
         return list(candidates)
+    pool = torch.cat(list(candidates))             # a position with no candidate borrows any token as context
+    flat_pos = torch.cat([torch.full((len(c),), p) for p, c in enumerate(candidates)])
     with torch.no_grad():
-        pool = torch.cat(list(candidates))         # a position with no candidate borrows any token as context
-        context = torch.stack([(c if len(c) else pool)[torch.randint(len(c) or len(pool), (1,), generator=generator)][0]
-                               for c in candidates])
-        flat_pos = torch.cat([torch.full((len(c),), p) for p, c in enumerate(candidates)])
         flat_inputs = torch.cat([first_layer_inputs(model, c, p) for p, c in enumerate(candidates)])
-        res = span2.residual(first.substituted(first.inputs(context), flat_pos, flat_inputs))
-    kept = []
+        residuals = []
+        for _ in range(contexts):
+            context = torch.stack([(c if len(c) else pool)[torch.randint(len(c) or len(pool), (1,),
+                                                                         generator=generator)][0]
+                                   for c in candidates])
+            residuals.append(span2.residual(first.substituted(first.inputs(context), flat_pos, flat_inputs)))
+    res = torch.stack(residuals)                   # (contexts, N)
+    kept, cut, open_positions = [], 0, 0
     for p in range(length):
-        r, order = res[flat_pos == p].sort()
-        k = len(r)                                 # no more candidates than sentences: all may be right
-        if len(r) > batch_size:
-            ratios = r[1:batch_size + 1] / r[:batch_size].clamp_min(1e-30)
-            if float(ratios.max()) >= gap:
-                k = int(ratios.argmax()) + 1
-        kept.append(candidates[p][order[:k]])
+        r = res[:, flat_pos == p]                  # (contexts, n_p)
+        keep = torch.zeros(r.shape[1], dtype=torch.bool)
+        for row in r:
+            ordered, order = row.sort()
+            k = len(ordered)                       # no more candidates than sentences: all may be right
+            if len(ordered) > batch_size:
+                ratios = ordered[1:batch_size + 1] / ordered[:batch_size].clamp_min(1e-30)
+                if float(ratios.max()) >= gap:
+                    k = int(ratios.argmax()) + 1
+            keep[order[:k]] = True
+        order = r.median(0).values.argsort()
+        kept.append(candidates[p][order[keep[order]]])
+        if r.shape[1] > batch_size:
+            open_positions += 1
+            cut += int(keep.sum()) < r.shape[1]
+    if cut < CUT_FRACTION * open_positions:
+        logger.debug("pair filter: a jump at only %d of %d positions: no separation, every candidate kept",
+                     cut, open_positions)
+        return list(candidates)
     return kept
 
 
