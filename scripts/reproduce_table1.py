@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--first-image", type=int, default=20, help="first lfw_subset index used (default: 20)")
     ap.add_argument("--mode", choices=["train", "eval"], default="train",
                     help="victim's mode (default: train, batch norm on the batch's statistics)")
+    ap.add_argument("--progress-every", type=int, default=10, help="print the worst PSNR every N steps (default: 10)")
     ap.add_argument("--out", type=Path, default=Path("runs/table1.jsonl"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -71,6 +72,9 @@ def main() -> None:
             raw = worst if args.mode == "eval" else min(     # raw pixels, paired on raw MSE; no second SSIM
                 psnr(x, truth.images[j]) for x, j in zip(step.images, pair_images(step.images, truth.images)))
             reached["last_min_raw_psnr"] = raw
+            if step.record.step % args.progress_every == 0:
+                print(f"  batch {len(truth.images)} step {step.record.step}: worst image {worst:.2f} dB (raw {raw:.2f}), "
+                      f"{step.record.evaluations} evaluations, {step.record.elapsed:.0f}s", flush=True)
             if worst >= PSNR_BAR and all(s["label_correct"] for s in scores):
                 reached.update(steps=step.record.step, evaluations=step.record.evaluations,
                                seconds=step.record.elapsed)

@@ -207,3 +207,70 @@ def test_checkpoint_without_mlm_head_gets_a_reproducible_head(tmp_path, caplog):
     second = load_masked_lm(ModelSpec(name_or_path=str(tmp_path)))
     assert weights_checksum(first) == weights_checksum(second)   # victim and attacker rebuild the same head
     assert first.cls.predictions.decoder.weight is first.bert.embeddings.word_embeddings.weight
+
+
+def test_matching_holds_certified_sentences_fixed_and_respects_the_padding(capture, tiny_model, tokenizer):
+    """A partly certified guess: the certified sentence keeps its tokens whatever the leaves hold, the
+    padded positions of the shorter one are not attended, carry no label and decode as [PAD]."""
+    from nlp_dlg.text.plugin import MaskedLMPlugin
+
+    obs, truth = capture(["the cat sat on the mat .", "a dog ran ."], batch_size=2, seed=1)[0]
+    priors = infer_priors(obs.gradients, tiny_model, 2)
+    mask = truth.attention_mask
+    assert int(mask[1].sum()) < mask.shape[1]                     # the second sentence is padded
+    plugin = MaskedLMPlugin(tiny_model, priors, 2, boundary=(tokenizer.cls_token_id, None),
+                            initial_ids=truth.masked_input_ids, attention_mask=mask,
+                            frozen_rows=torch.tensor([True, False]), pad_id=tokenizer.pad_token_id)
+    leaves = plugin.init_leaves(torch.Generator().manual_seed(0))
+    leaves["inputs_embeds"] = leaves["inputs_embeds"] + torch.randn(leaves["inputs_embeds"].shape)
+    embeds = leaves["inputs_embeds"].requires_grad_(True)
+    (grad,) = torch.autograd.grad(plugin.task_loss(leaves), embeds)
+    assert float(grad[0].abs().max()) == 0.0                      # the certified sentence is not optimised
+    assert float(grad[1][~mask[1].bool()].abs().max()) == 0.0     # nor the padding
+    ids = plugin.decode({k: v.detach() for k, v in leaves.items()})
+    words = set(priors.label_ids.tolist())
+    assert all(int(a) == int(b) or int(b) in words for a, b in zip(truth.masked_input_ids[0], ids[0]))  # kept, or
+    # a label word where the (here random) label logits place one
+    assert bool((ids[1][~mask[1].bool()] == tokenizer.pad_token_id).all())
+    where = plugin.label_positions(leaves["label_logits"].detach())
+    assert float(where[1][~mask[1].bool()].max()) == 0.0          # no label on padding
+
+
+def test_labels_of_known_sentences_without_the_rest_of_the_batch(capture, tiny_model):
+    """Only the first sentence is known: its labelled positions and words still come out exactly, where the
+    whole-batch solution given a wrong second sentence misplaces them."""
+    from nlp_dlg.text.analytic import label_known_sentences
+
+    obs, truth = capture(PAIR, batch_size=2, mlm_probability=0.3, seed=3)[0]
+    priors = infer_priors(obs.gradients, tiny_model, 2)
+    known = truth.labels[0] != -100
+    assert bool(known.any()) and bool((truth.labels[1] != -100).any())   # both sentences carry labels
+    labels, misfit = label_known_sentences(tiny_model, obs.gradients, truth.masked_input_ids[:1],
+                                           truth.attention_mask[:1], priors)
+    assert torch.equal(labels[0], truth.labels[0]) and misfit < 1e-3
+    wrong = truth.masked_input_ids.clone()
+    wrong[1, 1:int(truth.attention_mask[1].sum()) - 1] = wrong[1, 1:int(truth.attention_mask[1].sum()) - 1].flip(0)
+    whole, _ = place_labels(tiny_model, obs.gradients, wrong, truth.attention_mask, priors)
+    assert not torch.equal(whole[0], truth.labels[0])
+
+
+def test_peeling_a_certified_sentence_leaves_the_others_gradient(capture, tiny_model, tokenizer):
+    """The batch gradient less the certified sentence's share, rescaled, is the other sentence's own gradient."""
+    from nlp_dlg.text.attack import AnalyticGuess
+    from nlp_dlg.text.victim import masked_lm_gradient
+
+    obs, truth = capture(PAIR, batch_size=2, mlm_probability=0.3, seed=3)[0]
+    priors = infer_priors(obs.gradients, tiny_model, 2)
+    ids = torch.where(truth.labels != -100, truth.labels, truth.masked_input_ids)
+    guess = AnalyticGuess(ids, truth.masked_input_ids, truth.attention_mask, truth.labels,
+                          torch.tensor([True, False]), False, 0.5, False)
+    rest = MaskedLMAttack(tiny_model, tokenizer)._peel(obs, guess, priors)
+    alone = masked_lm_gradient(tiny_model, truth.masked_input_ids[1:], truth.attention_mask[1:], truth.labels[1:])
+    assert rest.metadata["batch_size"] == 1
+    scale = float(torch.cat([g.flatten() for g in alone.values()]).norm())
+    for name, g in rest.gradients.items():   # float32 rounding; the key bias's gradient is zero up to it
+        assert float((g - alone[name]).norm()) <= 1e-4 * float(alone[name].norm()) + 1e-7 * scale, name
+    # what only the peeled sentence touched is exactly zero: the priors are the other sentence's alone
+    peeled, own = infer_priors(rest.gradients, tiny_model, 1), infer_priors(alone, tiny_model, 1)
+    assert peeled.sequence_length == own.sequence_length == int(truth.attention_mask[1].sum())
+    assert peeled.label_ids.tolist() == own.label_ids.tolist() and peeled.num_labelled == own.num_labelled

@@ -48,6 +48,7 @@ CUT_FRACTION = 0.5        # the pair filter separates only when at least this sh
 SELECTIVE_FRACTION = 0.5  # below this mean share of the batch's tokens per position, no pair filter
 RELAX_STEPS = 200         # Adam steps of one relaxed start
 RELAX_FINAL_TEMPERATURE = 0.05
+LABEL_RESIDUAL = 1e-2     # a known position is labelled when its final hidden state is this near the head's row space
 AVOID_WEIGHT = 2e-3       # penalty on a found sentence's tokens (the residual² of a mixture is ~4e-4)
 
 
@@ -471,25 +472,37 @@ def place_labels(model: BertForMaskedLM, gradients: Mapping[str, torch.Tensor], 
     a = torch.linalg.lstsq(u.T, k.T).solution                                             # (N, H): a_t per row
     norms = a.norm(dim=1)
     labelled = norms.topk(min(m, len(norms))).indices.sort().values                     # (M,)
-    # a_t = J_tᵀ (Wᵀ p_t − W_y): evaluate the right side for every label word y at each labelled t
-    words = priors.label_ids
+    predicted = _head_signals(model, u[labelled], priors.label_ids)                         # (M, L, H)
+    target = a[labelled]                                                                   # (M, H)
+    misfit = (predicted - target.unsqueeze(1)).norm(dim=-1) / target.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+    return _assign_words(misfit, labelled, priors, input_ids, live)
+
+
+def _head_signals(model: BertForMaskedLM, u: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """``a_t = J_tᵀ (Wᵀ p_t − W_y)``, the error signal at the head's dense output, for every label word
+    ``y`` of ``words (L,)`` at each final hidden state ``u (M, H)``: ``(M, L, H)`` float64."""
+    head = model.cls.predictions
     w = head.decoder.weight.detach()
     tr = head.transform
-    z = tr.dense(u[labelled].float()).detach()                                            # (M, H)
+    z = tr.dense(u.float()).detach()                                                      # (M, H)
     with torch.no_grad():
         n_vec = tr.LayerNorm(tr.transform_act_fn(z))
         probs = (n_vec @ w.T + head.bias).softmax(-1)                                      # (M, V)
-    mm, nw = len(labelled), len(words)
+    mm, nw = len(u), len(words)
     outer = (probs @ w).unsqueeze(1) - w[words].unsqueeze(0)                              # (M, L, H) dCE/dn
     z_rep = z.unsqueeze(1).expand(mm, nw, -1).reshape(mm * nw, -1).clone().requires_grad_(True)
     with torch.enable_grad():
         out = tr.LayerNorm(tr.transform_act_fn(z_rep))
         (predicted,) = torch.autograd.grad(out, z_rep, grad_outputs=outer.reshape(mm * nw, -1))
-    predicted = predicted.reshape(mm, nw, -1).double()
-    target = a[labelled]                                                                   # (M, H)
-    misfit = (predicted - target.unsqueeze(1)).norm(dim=-1) / target.norm(dim=-1, keepdim=True).clamp_min(1e-30)
-    # each occurrence of a word labels one position: Hungarian over positions × occurrences
-    occ = torch.arange(nw).repeat_interleave(priors.label_counts)                         # (M',)
+    return predicted.reshape(mm, nw, -1).double()
+
+
+def _assign_words(misfit: torch.Tensor, labelled: torch.Tensor, priors: MaskedLMPriors, input_ids: torch.Tensor,
+                  live: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Labels ``(B, T)`` from the misfit ``(M, L)`` of each label word at each labelled live position: each
+    occurrence of a word labels one position (Hungarian over positions × occurrences); and the mean misfit."""
+    words = priors.label_ids
+    occ = torch.arange(len(words)).repeat_interleave(priors.label_counts)                 # (M',)
     cost = misfit[:, occ].numpy()
     rows, cols = linear_sum_assignment(cost)
     flat = torch.full((int(live.sum()),), -100, dtype=torch.long)
@@ -497,3 +510,38 @@ def place_labels(model: BertForMaskedLM, gradients: Mapping[str, torch.Tensor], 
     labels = torch.full(input_ids.shape, -100, dtype=torch.long)
     labels.view(-1)[live.nonzero().flatten()] = flat
     return labels, float(cost[rows, cols].mean()) if len(rows) else float("inf")
+
+
+def label_known_sentences(model: BertForMaskedLM, gradients: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
+                          attention_mask: torch.Tensor, priors: MaskedLMPriors) -> tuple[torch.Tensor, float]:
+    """Labels of some sentences of a batch known exactly (certified) while the others are not.
+
+    :func:`place_labels` needs every final hidden state of the batch. Without them: the head's
+    dense-weight gradient ``K = Σ_t a_t u_tᵀ`` runs over the M labelled positions only, so it has rank M,
+    its row space holds the ``u_t`` of the labelled positions and its column space their ``a_t``. A
+    position of a known sentence is labelled when its ``u_t`` lies in the row space; the word ``y`` there
+    is the one whose ``a_t(y)`` lies in the column space (a wrong word adds ``J_tᵀ (W_y' − W_y)``, which
+    leaves it).
+
+    Args:
+        input_ids, attention_mask: ``(R, T)``, the known sentences as the model saw them.
+
+    Returns:
+        ``(labels (R, T), mean misfit)`` as :func:`place_labels`.
+    """
+    dense_name = parameter_name(model, model.cls.predictions.transform.dense.weight)
+    if dense_name not in gradients:
+        raise SpanUnavailable(f"the gradient lacks {dense_name!r}: labels cannot be placed analytically")
+    m = priors.num_labelled
+    k = gradients[dense_name].double()
+    if m >= min(k.shape):
+        raise SpanUnavailable(f"{m} labelled positions fill the head's width {min(k.shape)}: labels not separable")
+    left, _, vh = torch.linalg.svd(k)
+    rows_basis, cols_basis = Span(vh[:m].T.contiguous(), torch.ones(1)), Span(left[:, :m].contiguous(), torch.ones(1))
+    live = attention_mask.bool().flatten()
+    with torch.no_grad():
+        hidden = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    u = hidden.reshape(-1, hidden.shape[-1])[live].double()                               # (N, H)
+    labelled = (rows_basis.residual(u) < LABEL_RESIDUAL).nonzero().flatten()              # (M_known,)
+    misfit = cols_basis.residual(_head_signals(model, u[labelled], priors.label_ids))      # (M_known, L)
+    return _assign_words(misfit, labelled, priors, input_ids, live)

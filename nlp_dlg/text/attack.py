@@ -6,8 +6,11 @@ Methods:
   attention layer's span, sentences certified by the second layer's, labels placed from the head's
   gradient) combined with DLG: when the analytics cannot certify every sentence (train-mode dropout,
   noise, more tokens than the hidden size, a missing gradient), the gradient matching below takes over,
-  started from the analytic guess where there is one. Output: the original sentences, masked words
-  filled in.
+  started from the analytic guess where there is one, with the padding (attention mask) its sentence
+  lengths give. A batch with some sentences certified is *peeled*: their share of the gradient is removed
+  and the others are attacked as a batch of their own (smaller spans, cheaper matching); without
+  peeling, the matching holds the certified sentences fixed. Output: the original sentences, masked
+  words filled in.
 * ``dlg``: DLG's gradient matching (dummy embeddings + soft labels + nearest-token decoding, L-BFGS)
   with priors read off the gradient itself: sequence length, label words and the token set
   (:mod:`nlp_dlg.text.priors`), and cosine distance by default. ``use_priors=False`` with ``l2`` is the
@@ -16,6 +19,7 @@ Methods:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +37,7 @@ from nlp_dlg.text.analytic import (
     SpanUnavailable,
     assemble_batch,
     attention_input_span,
+    label_known_sentences,
     nearest_tokens,
     place_labels,
     position_candidates,
@@ -45,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("span", "dlg")
 CERTIFY_DISTANCE = 1e-4  # cosine distance between the guess's own gradient and the observed one: exact
+PEEL_ROUNDING = 1e-5     # a peeled entry this small against the terms it was summed from is rounding: zero
 NEAREST_MARGIN = 2.0     # an inexact one-sentence guess stands when each position's nearest token is this much nearer
 
 
@@ -72,6 +78,9 @@ class TextAttackConfig:
         log_every: decode and report every this many steps (and at step 0 and the last step).
         patience: stop once the decoded text of every sequence has stayed the same for this many steps
             (None: run all steps). The attacker needs no ground truth for this.
+        peel: ``span`` with a batch partly certified: remove the certified sentences' share of the gradient
+            and attack the others on what is left (False: gradient matching on the whole batch, the
+            certified sentences held fixed).
     """
 
     method: str = "span"
@@ -79,6 +88,7 @@ class TextAttackConfig:
     matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="cosine", max_evaluations=600))
     log_every: int = 1
     patience: int | None = None
+    peel: bool = True
 
     def __post_init__(self) -> None:
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience <= 0):
@@ -114,6 +124,20 @@ class Reconstruction:
                 "loss": self.loss, "iterations": self.iterations, "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted,
                 "certified": self.certified}
+
+
+@dataclass(frozen=True)
+class AnalyticGuess:
+    """What the span checks and the analytic labels give for one batch."""
+
+    ids: torch.Tensor             # (B, T) the original sentences: labelled positions show their words
+    inputs: torch.Tensor          # (B, T) the input ids the model saw ([MASK] where masked), padded
+    mask: torch.Tensor            # (B, T) attention mask: each sentence's length
+    labels: torch.Tensor          # (B, T) the label word at each labelled position, -100 elsewhere
+    rows_certified: torch.Tensor  # (B,) bool: this sentence's input fits the second layer's span exactly
+    certified: bool               # the whole guess gives the observed gradient back
+    distance: float               # gradient cosine distance of the guess
+    unambiguous: bool             # an inexact one-sentence guess whose nearest tokens stand out
 
 
 def decode_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
@@ -153,16 +177,21 @@ class MaskedLMAttack:
         return batch_size
 
     def plugin_for(self, observation: GradientObservation, *, priors: MaskedLMPriors | None = None,
-                   initial_ids: torch.Tensor | None = None) -> MaskedLMPlugin:
-        """The engine plugin for one observation (priors read off its gradient unless given; the
-        matching starts from ``initial_ids (B, T)`` when given)."""
+                   guess: AnalyticGuess | None = None) -> MaskedLMPlugin:
+        """The engine plugin for one observation (priors read off its gradient unless given). With an
+        analytic ``guess`` the matching starts from its input ids, with its padding, and keeps its certified
+        sequences fixed."""
         batch_size = self._batch_size(observation)
         priors = priors or infer_priors(observation.gradients, self.model, batch_size)
         tok = self.tokenizer
         # Every BERT input starts with [CLS]; a single sequence has no padding, so it ends with [SEP].
         boundary = (tok.cls_token_id, tok.sep_token_id if batch_size == 1 else None)
+        if guess is None:
+            return MaskedLMPlugin(self.model, priors, batch_size, use_priors=self.config.use_priors,
+                                  boundary=boundary)
         return MaskedLMPlugin(self.model, priors, batch_size, use_priors=self.config.use_priors, boundary=boundary,
-                              initial_ids=initial_ids)
+                              initial_ids=guess.inputs, attention_mask=guess.mask if batch_size > 1 else None,
+                              frozen_rows=guess.rows_certified, pad_id=tok.pad_token_id)
 
     def attack(self, observation: GradientObservation, *, generator: torch.Generator,
                batch: int | None = None) -> list[Reconstruction]:
@@ -172,44 +201,82 @@ class MaskedLMAttack:
         batch = int(observation.metadata.get("batch_index", 0)) if batch is None else batch
         batch_size = self._batch_size(observation)
         priors = infer_priors(observation.gradients, self.model, batch_size)
-        initial = None
+        guess = None
         if self.config.method == "span":  # the config refuses span without priors
             started = time.perf_counter()
             guess = self._analytic(observation, priors, batch_size, generator)
             if guess is not None:
-                ids, inputs, certified, distance, unambiguous = guess
+                distance = guess.distance
                 seconds = time.perf_counter() - started
-                texts = [decode_text(self.tokenizer, row.tolist()) for row in ids]
+                texts = [decode_text(self.tokenizer, row.tolist()) for row in guess.ids]
                 record = StepRecord(0, 0, 0, distance, distance, seconds, {})
                 for cb in self.callbacks:
-                    cb(TextStep(record, tuple(texts), ids))
-                if certified or unambiguous:
-                    if certified:
+                    cb(TextStep(record, tuple(texts), guess.ids))
+                if guess.certified or guess.unambiguous:
+                    if guess.certified:
                         logger.info("batch %d: every sentence certified by the span checks (%.1fs, gradient cosine "
                                     "distance %.2g)", batch, seconds, distance)
                     else:
                         logger.warning("batch %d: noisy gradient (cosine distance %.2g to the guess): every position's "
                                        "nearest token is unambiguous, kept as it is (not certified)", batch, distance)
                     return [Reconstruction(batch, i, tuple(row.tolist()), text, distance, 0, 0, seconds,
-                                           self.config.method, certified=certified)
-                            for i, (row, text) in enumerate(zip(ids, texts))]
-                logger.warning("batch %d: the span checks did not certify every sentence: gradient matching "
-                               "from the analytic guess", batch)
-                initial = inputs
-        return self._match(observation, priors, generator, batch, initial)
+                                           self.config.method, certified=guess.certified)
+                            for i, (row, text) in enumerate(zip(guess.ids, texts))]
+                kept = int(guess.rows_certified.sum())
+                if kept and self.config.peel:
+                    rest = self._peel(observation, guess, priors)
+                    logger.info("batch %d: %d of %d sentence(s) certified; their share of the gradient removed, the "
+                                "other %d attacked on the rest", batch, kept, batch_size, batch_size - kept)
+                    others = iter(self.attack(rest, generator=generator, batch=batch))
+                    seconds = time.perf_counter() - started
+                    return [Reconstruction(batch, i, tuple(row.tolist()), text, distance, 0, 0, seconds,
+                                           self.config.method, certified=True) if bool(held) else
+                            dataclasses.replace(next(others), index=i)
+                            for i, (row, text, held) in enumerate(zip(guess.ids, texts, guess.rows_certified))]
+                logger.warning("batch %d: the span checks certified %d of %d sentence(s): gradient matching from "
+                               "the analytic guess%s", batch, kept, batch_size,
+                               ", the certified ones held fixed" if kept else "")
+        return self._match(observation, priors, generator, batch, guess)
+
+    def _peel(self, observation: GradientObservation, guess: AnalyticGuess,
+              priors: MaskedLMPriors) -> GradientObservation:
+        """The gradient of the batch's uncertified sentences alone.
+
+        The masked-LM loss is the mean over the batch's M labelled positions and the sentences of a batch
+        do not interact, so the batch gradient is ``Σ_b (m_b / M) g_b`` with ``g_b`` sentence b's own gradient
+        over its ``m_b`` labels. The certified sentences (labels placed by :func:`label_known_sentences`) give
+        their ``g_b`` exactly; what is left, rescaled to the remaining labels, is the gradient of the other
+        sentences as a batch of their own: smaller spans, fewer candidates, cheaper matching."""
+        rows = guess.rows_certified.nonzero().flatten().tolist()
+        labels = guess.labels
+        rest = {n: g.double() for n, g in observation.gradients.items()}
+        size = {n: g.abs() for n, g in rest.items()}   # the magnitude of what is summed, for the rounding
+        removed = 0
+        for b in rows:
+            count = int((labels[b] != -100).sum())
+            removed += count
+            own = masked_lm_gradient(self.model, guess.inputs[b:b + 1], guess.mask[b:b + 1], labels[b:b + 1])
+            for n in rest:
+                share = own[n].double() * (count / priors.num_labelled)
+                rest[n] -= share
+                size[n] += share.abs()
+        for n in rest:  # what only the certified sentences touched is float32 rounding: exactly zero, as in a batch
+            rest[n][rest[n].abs() <= PEEL_ROUNDING * size[n]] = 0.0
+        scale = priors.num_labelled / max(priors.num_labelled - removed, 1)
+        metadata = {**observation.metadata, "batch_size": len(guess.rows_certified) - len(rows)}
+        return GradientObservation({n: (g * scale).float() for n, g in rest.items()}, metadata)
 
     def _analytic(self, observation: GradientObservation, priors: MaskedLMPriors, batch_size: int,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, bool, float, bool] | None:
-        """The span checks and analytic labels: ``(original ids (B, T), input ids the model saw (B, T),
-        certified, gradient cosine distance of the guess, unambiguous)``, or None where the checks cannot work
-        (logged). One sentence whose gradient is not exact (noise, quantisation, pruning, dropout) still has
-        rank T: its guess is then the nearest token per position, ``unambiguous`` when every position's
-        nearest token stands out by ``NEAREST_MARGIN``."""
+                  generator: torch.Generator) -> AnalyticGuess | None:
+        """The span checks and analytic labels, or None where the checks cannot work (logged). One sentence
+        whose gradient is not exact (noise, quantisation, pruning, dropout) still has rank T: its guess is
+        then the nearest token per position, ``unambiguous`` when every position's nearest token stands out
+        by ``NEAREST_MARGIN``."""
         grads, tok, length = observation.gradients, self.tokenizer, priors.sequence_length
         unambiguous = False
         try:
             try:
-                inputs, mask = self._exact_guess(grads, priors, batch_size, generator)
+                inputs, mask, rows_certified = self._exact_guess(grads, priors, batch_size, generator)
             except SpanUnavailable as exc:
                 if batch_size != 1:
                     raise
@@ -223,7 +290,18 @@ class MaskedLMAttack:
                 logger.info("nearest tokens: smallest margin %.3g (%s)", float(inner.min()) if len(inner) else
                             float("inf"), "unambiguous" if unambiguous else "ambiguous: gradient matching follows")
                 inputs, mask = ids[None], torch.ones(1, length, dtype=torch.long)
-            labels, misfit = place_labels(self.model, grads, inputs, mask, priors)
+                rows_certified = torch.zeros(1, dtype=torch.bool)
+            partly = bool(rows_certified.any()) and not bool(rows_certified.all())
+            try:
+                labels, misfit = place_labels(self.model, grads, inputs, mask, priors)
+            except SpanUnavailable as exc:
+                if not partly:
+                    raise
+                logger.warning("labels of the whole guess: %s", exc)
+                labels = torch.full_like(inputs, -100)
+            if partly:  # the wrong sentences of the guess skew the whole-batch solution: the known ones apart
+                labels[rows_certified], misfit = label_known_sentences(
+                    self.model, grads, inputs[rows_certified], mask[rows_certified], priors)
         except SpanUnavailable as exc:
             logger.warning("span check unavailable (%s): gradient matching only", exc)
             return None
@@ -234,11 +312,12 @@ class MaskedLMAttack:
         # the certificate: the guess, fed to the model, gives the observed gradient back
         certified = distance < CERTIFY_DISTANCE
         logger.info("span check: label misfit %.2g, gradient cosine distance %.2g", misfit, distance)
-        return ids, inputs, certified, distance, unambiguous and not certified
+        return AnalyticGuess(ids, inputs, mask, labels, rows_certified | certified, certified, distance,
+                             unambiguous and not certified)
 
     def _exact_guess(self, grads: Mapping[str, torch.Tensor], priors: MaskedLMPriors, batch_size: int,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sentences from the exact span checks: ``(input ids (B, T), attention mask (B, T))``."""
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sentences from the exact span checks: ``(input ids (B, T), attention mask (B, T), certified (B,))``."""
         tok, length = self.tokenizer, priors.sequence_length
         span1 = attention_input_span(grads, self.model, 0, batch_size * length)
         candidates = position_candidates(self.model, span1, priors.token_set, length)
@@ -250,17 +329,18 @@ class MaskedLMAttack:
             raise SpanUnavailable("no sentence fits the attention spans")
         logger.info("span check: %d/%d sentence(s) fit the second layer", sum(s.certified for s in sentences),
                     batch_size)
-        sentences += sentences[-1:] * (batch_size - len(sentences))
+        certified = [s.certified for s in sentences] + [False] * (batch_size - len(sentences))
+        sentences += sentences[-1:] * (batch_size - len(sentences))     # stand-ins, never certified
         inputs = torch.full((batch_size, length), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros(batch_size, length, dtype=torch.long)
         for i, s in enumerate(sentences):
             inputs[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
             mask[i, :len(s.token_ids)] = 1
-        return inputs, mask
+        return inputs, mask, torch.tensor(certified)
 
     def _match(self, observation: GradientObservation, priors: MaskedLMPriors, generator: torch.Generator,
-               batch: int, initial_ids: torch.Tensor | None) -> list[Reconstruction]:
-        plugin = self.plugin_for(observation, priors=priors, initial_ids=initial_ids)
+               batch: int, guess: AnalyticGuess | None) -> list[Reconstruction]:
+        plugin = self.plugin_for(observation, priors=priors, guess=guess)
         every, steps = self.config.log_every, self.config.matching.steps
         patience = self.config.patience
         seen = {"texts": None, "same": 0}
@@ -282,11 +362,16 @@ class MaskedLMAttack:
         matcher = GradientMatcher(plugin, self.config.matching, callbacks=[on_step])
         result = matcher.run(observation.gradients, generator=generator)
         ids = plugin.decode(result.leaves)
+        held = torch.zeros(len(ids), dtype=torch.bool)
+        if guess is not None:
+            held = guess.rows_certified
+            ids[held] = guess.ids[held]           # the certified sentences, their labels placed analytically
         texts = [decode_text(self.tokenizer, row.tolist()) for row in ids]
         for i, text in enumerate(texts):
             if not text.strip():
                 logger.warning("batch %d, sequence %d: the matching decoded only special tokens (an empty "
                                "reconstruction; gradient distance %.3g)", batch, i, result.distance)
         return [Reconstruction(batch, i, tuple(row.tolist()), text, result.distance, result.steps,
-                               result.evaluations, result.seconds, self.config.method, result.interrupted)
+                               result.evaluations, result.seconds, self.config.method, result.interrupted,
+                               certified=bool(held[i]))
                 for i, (row, text) in enumerate(zip(ids, texts))]

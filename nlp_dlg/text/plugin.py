@@ -43,11 +43,18 @@ class MaskedLMPlugin:
             (With padding in a batch the last position varies: pass ``last=None``.)
         initial_ids: ``(B, T)`` token ids to start the first restart from (their embeddings), e.g. an
             analytic guess; later restarts start at random.
+        attention_mask: ``(B, T)`` the padding of the batch where it is known (an analytic guess gives each
+            sequence's length); padded positions are not attended, carry no label and decode as ``pad_id``.
+            None: every position is a token.
+        frozen_rows: ``(B,)`` bool, sequences of ``initial_ids`` known exactly (certified): they keep their
+            embeddings in every restart and only the others are optimised.
+        pad_id: the padding token id decoded at masked-out positions.
     """
 
     def __init__(self, model: BertForMaskedLM, priors: MaskedLMPriors, batch_size: int,
                  *, use_priors: bool = True, boundary: tuple[int | None, int | None] = (None, None),
-                 initial_ids: torch.Tensor | None = None) -> None:
+                 initial_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 frozen_rows: torch.Tensor | None = None, pad_id: int = 0) -> None:
         self.model = model
         self.priors = priors
         self.batch_size = batch_size
@@ -62,11 +69,23 @@ class MaskedLMPlugin:
         t = priors.sequence_length
         if initial_ids is not None and tuple(initial_ids.shape) != (batch_size, t):
             raise ValueError(f"initial_ids: expected shape {(batch_size, t)}, got {tuple(initial_ids.shape)}")
+        for name, value, shape in (("attention_mask", attention_mask, (batch_size, t)),
+                                   ("frozen_rows", frozen_rows, (batch_size,))):
+            if value is not None and tuple(value.shape) != shape:
+                raise ValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
+        if frozen_rows is not None and initial_ids is None:
+            raise ValueError("frozen_rows needs initial_ids: the token ids the frozen sequences keep")
         self._initial = initial_ids
+        self._mask = attention_mask
+        self._pad_id = pad_id
+        self._frozen = frozen_rows.bool() if frozen_rows is not None and bool(frozen_rows.any()) else None
+        self._frozen_ids = initial_ids.clone() if self._frozen is not None else None
         self._fixed = {pos: tok for pos, tok in ((0, boundary[0]), (t - 1, boundary[1])) if tok is not None}
         self._label_mask = torch.zeros(batch_size, t, 1)                           # (B, T, 1)
         for pos in self._fixed:
             self._label_mask[:, pos] = -torch.inf
+        if attention_mask is not None:
+            self._label_mask[~attention_mask.bool()] = -torch.inf
 
     def matched_parameters(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if n != self._word_name}
@@ -84,8 +103,15 @@ class MaskedLMPlugin:
             logits = torch.randn(b, t, self.embedding.shape[0], generator=generator)      # (B, T, V)
         return {"inputs_embeds": embeds, "label_logits": logits}
 
+    def _embeds(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The input embeddings the model sees: the leaves, frozen sequences replaced by their tokens'."""
+        embeds = leaves["inputs_embeds"]
+        if self._frozen is None:
+            return embeds
+        return torch.where(self._frozen[:, None, None], self.embedding[self._frozen_ids], embeds)
+
     def task_loss(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        logits = self.model(inputs_embeds=leaves["inputs_embeds"]).logits          # (B, T, V)
+        logits = self.model(inputs_embeds=self._embeds(leaves), attention_mask=self._mask).logits  # (B, T, V)
         logp = logits.log_softmax(-1)
         if self.use_priors:
             where = self.label_positions(leaves["label_logits"])                   # (B, T, M)
@@ -113,7 +139,7 @@ class MaskedLMPlugin:
         each labelled occurrence shows its word at its most likely position (distinct positions,
         Hungarian assignment): the original word of a masked token."""
         with torch.no_grad():
-            embeds = leaves["inputs_embeds"]                                        # (B, T, H)
+            embeds = self._embeds(leaves)                                           # (B, T, H)
             b, t, _ = embeds.shape
             dummy = self.first_layer_inputs(embeds)                                 # (B, T, H)
             cand = self.embedding[self.candidates]                                  # (K, H)
@@ -122,6 +148,10 @@ class MaskedLMPlugin:
             ids = self.candidates[dist.argmin(-1)].transpose(0, 1).contiguous()     # (B, T)
             for pos, tok in self._fixed.items():
                 ids[:, pos] = tok
+            if self._frozen is not None:
+                ids[self._frozen] = self._frozen_ids[self._frozen]
+            if self._mask is not None:
+                ids[~self._mask.bool()] = self._pad_id
             if self.use_priors:
                 where = self.label_positions(leaves["label_logits"]).reshape(b * t, -1)  # (B*T, M)
                 # each labelled position holds one word: occurrences go to distinct positions
