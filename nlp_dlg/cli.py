@@ -88,6 +88,9 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--no-priors", action="store_true",
                    help="with --method dlg: the paper's algorithm as written (no label words or token set "
                         "from the gradient)")
+    a.add_argument("--no-peel", action="store_true",
+                   help="--method span, a batch partly certified: match the whole batch with the certified "
+                        "sentences held fixed, instead of removing their share and attacking the rest")
     a.add_argument("--patience", type=positive_int, default=None,
                    help="stop once the decoded text is unchanged for this many steps (default: run all)")
     a.add_argument("--log-every", type=positive_int, default=1, help="report decoded text every N steps (default: 1)")
@@ -212,7 +215,7 @@ def _attack_config(args: argparse.Namespace):
     matching = MatchingConfig(steps=args.iters, max_evaluations=args.max_evals, optimizer=args.optimizer, lr=lr,
                               distance=args.distance, restarts=args.restarts, schedule=args.schedule)
     return TextAttackConfig(method=args.method, use_priors=not args.no_priors, matching=matching,
-                            log_every=args.log_every, patience=args.patience)
+                            log_every=args.log_every, patience=args.patience, peel=not args.no_peel)
 
 
 def _progress(batch: int, steps: int):

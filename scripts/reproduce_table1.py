@@ -73,8 +73,8 @@ def main() -> None:
                 psnr(x, truth.images[j]) for x, j in zip(step.images, pair_images(step.images, truth.images)))
             reached["last_min_raw_psnr"] = raw
             if step.record.step % args.progress_every == 0:
-                print(f"  batch {len(truth.images)} step {step.record.step}: worst image {worst:.2f} dB (raw {raw:.2f}), "
-                      f"{step.record.evaluations} evaluations, {step.record.elapsed:.0f}s", flush=True)
+                print(f"  batch {len(truth.images)} step {step.record.step}: worst image {worst:.2f} dB "
+                      f"(raw {raw:.2f}), {step.record.evaluations} evaluations, {step.record.elapsed:.0f}s", flush=True)
             if worst >= PSNR_BAR and all(s["label_correct"] for s in scores):
                 reached.update(steps=step.record.step, evaluations=step.record.evaluations,
                                seconds=step.record.elapsed)

@@ -165,3 +165,13 @@ def test_argument_errors_exit_non_zero(tmp_path, capsys):
 
 def test_attack_without_any_source(tmp_path, capsys):
     _one_line_error(["attack", "--out", str(tmp_path / "r")], capsys, "no private data")
+
+
+def test_attack_options_reach_the_attack_config(tmp_path):
+    from nlp_dlg.cli import _attack_config, build_parser
+
+    args = build_parser().parse_args(["attack", "--gradients", str(tmp_path), "--out", str(tmp_path / "r.jsonl")])
+    assert _attack_config(args).peel and _attack_config(args).method == "span"
+    args = build_parser().parse_args(["attack", "--gradients", str(tmp_path), "--out", str(tmp_path / "r.jsonl"),
+                                      "--no-peel", "--method", "dlg"])
+    assert not _attack_config(args).peel and _attack_config(args).method == "dlg"
