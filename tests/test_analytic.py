@@ -264,7 +264,13 @@ def test_peeling_a_certified_sentence_leaves_the_others_gradient(capture, tiny_m
     ids = torch.where(truth.labels != -100, truth.labels, truth.masked_input_ids)
     guess = AnalyticGuess(ids, truth.masked_input_ids, truth.attention_mask, truth.labels,
                           torch.tensor([True, False]), False, 0.5, False)
+    from nlp_dlg.engine import GradientObservation
+
+    # as a FedAvg delta (K = 1, η = 0.1) already converted: the peeled file must not be converted again
+    update = {"kind": "weight-delta", "local_steps": 1, "local_lr": 0.1}
+    obs = GradientObservation(obs.gradients, {**obs.metadata, "update": update})
     rest = MaskedLMAttack(tiny_model, tokenizer)._peel(obs, guess, priors)
+    assert "update" not in rest.metadata
     alone = masked_lm_gradient(tiny_model, truth.masked_input_ids[1:], truth.attention_mask[1:], truth.labels[1:])
     assert rest.metadata["batch_size"] == 1
     scale = float(torch.cat([g.flatten() for g in alone.values()]).norm())

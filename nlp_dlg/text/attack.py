@@ -263,7 +263,9 @@ class MaskedLMAttack:
         for n in rest:  # what only the certified sentences touched is float32 rounding: exactly zero, as in a batch
             rest[n][rest[n].abs() <= PEEL_ROUNDING * size[n]] = 0.0
         scale = priors.num_labelled / max(priors.num_labelled - removed, 1)
-        metadata = {**observation.metadata, "batch_size": len(guess.rows_certified) - len(rows)}
+        # a gradient now (a FedAvg delta was converted before): no "update" to convert again
+        metadata = {k: v for k, v in observation.metadata.items() if k != "update"}
+        metadata["batch_size"] = len(guess.rows_certified) - len(rows)
         return GradientObservation({n: (g * scale).float() for n, g in rest.items()}, metadata)
 
     def _analytic(self, observation: GradientObservation, priors: MaskedLMPriors, batch_size: int,
