@@ -457,18 +457,12 @@ def place_labels(model: BertForMaskedLM, gradients: Mapping[str, torch.Tensor], 
         ``(labels, misfit)``: labels ``(B, T)`` with the word at labelled positions and -100 elsewhere,
         and the mean relative misfit of the chosen words (~1e-6 when the input is right).
     """
-    head = model.cls.predictions
-    dense_name = parameter_name(model, head.transform.dense.weight)
-    if dense_name not in gradients:
-        raise SpanUnavailable(f"the gradient lacks {dense_name!r}: labels cannot be placed analytically")
-    live = attention_mask.bool().flatten()
-    with torch.no_grad():
-        hidden = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    u = hidden.reshape(-1, hidden.shape[-1])[live].double()                               # (N, H)
+    dense = _dense_gradient(model, gradients)
+    u, live = _final_states(model, input_ids, attention_mask)                             # (N, H), (B·T,)
     if u.shape[0] > u.shape[1]:
         raise SpanUnavailable(f"{u.shape[0]} tokens exceed the hidden size {u.shape[1]}: labels not separable")
     m = priors.num_labelled
-    k = gradients[dense_name].double() * m                                                # Σ_t a_t u_tᵀ
+    k = dense * m                                                                         # Σ_t a_t u_tᵀ
     a = torch.linalg.lstsq(u.T, k.T).solution                                             # (N, H): a_t per row
     norms = a.norm(dim=1)
     labelled = norms.topk(min(m, len(norms))).indices.sort().values                     # (M,)
@@ -476,6 +470,23 @@ def place_labels(model: BertForMaskedLM, gradients: Mapping[str, torch.Tensor], 
     target = a[labelled]                                                                   # (M, H)
     misfit = (predicted - target.unsqueeze(1)).norm(dim=-1) / target.norm(dim=-1, keepdim=True).clamp_min(1e-30)
     return _assign_words(misfit, labelled, priors, input_ids, live)
+
+
+def _dense_gradient(model: BertForMaskedLM, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The MLM head's dense-weight gradient ``Σ_t a_t u_tᵀ / M`` (float64), or :class:`SpanUnavailable`."""
+    name = parameter_name(model, model.cls.predictions.transform.dense.weight)
+    if name not in gradients:
+        raise SpanUnavailable(f"the gradient lacks {name!r}: labels cannot be placed analytically")
+    return gradients[name].double()
+
+
+def _final_states(model: BertForMaskedLM, input_ids: torch.Tensor,
+                  attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's final hidden states at the live positions, ``(N, H)`` float64, and the flat live mask."""
+    live = attention_mask.bool().flatten()
+    with torch.no_grad():
+        hidden = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden.reshape(-1, hidden.shape[-1])[live].double(), live
 
 
 def _head_signals(model: BertForMaskedLM, u: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
@@ -529,19 +540,14 @@ def label_known_sentences(model: BertForMaskedLM, gradients: Mapping[str, torch.
     Returns:
         ``(labels (R, T), mean misfit)`` as :func:`place_labels`.
     """
-    dense_name = parameter_name(model, model.cls.predictions.transform.dense.weight)
-    if dense_name not in gradients:
-        raise SpanUnavailable(f"the gradient lacks {dense_name!r}: labels cannot be placed analytically")
+    k = _dense_gradient(model, gradients)
     m = priors.num_labelled
-    k = gradients[dense_name].double()
     if m >= min(k.shape):
         raise SpanUnavailable(f"{m} labelled positions fill the head's width {min(k.shape)}: labels not separable")
-    left, _, vh = torch.linalg.svd(k)
-    rows_basis, cols_basis = Span(vh[:m].T.contiguous(), torch.ones(1)), Span(left[:, :m].contiguous(), torch.ones(1))
-    live = attention_mask.bool().flatten()
-    with torch.no_grad():
-        hidden = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    u = hidden.reshape(-1, hidden.shape[-1])[live].double()                               # (N, H)
+    left, s, vh = torch.linalg.svd(k)
+    rel = s / s[0].clamp_min(1e-300)
+    rows_basis, cols_basis = Span(vh[:m].T.contiguous(), rel), Span(left[:, :m].contiguous(), rel)
+    u, live = _final_states(model, input_ids, attention_mask)                             # (N, H), (R·T,)
     labelled = (rows_basis.residual(u) < LABEL_RESIDUAL).nonzero().flatten()              # (M_known,)
     misfit = cols_basis.residual(_head_signals(model, u[labelled], priors.label_ids))      # (M_known, L)
     return _assign_words(misfit, labelled, priors, input_ids, live)

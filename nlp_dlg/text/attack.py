@@ -186,12 +186,11 @@ class MaskedLMAttack:
         tok = self.tokenizer
         # Every BERT input starts with [CLS]; a single sequence has no padding, so it ends with [SEP].
         boundary = (tok.cls_token_id, tok.sep_token_id if batch_size == 1 else None)
-        if guess is None:
-            return MaskedLMPlugin(self.model, priors, batch_size, use_priors=self.config.use_priors,
-                                  boundary=boundary)
+        start = {} if guess is None else {
+            "initial_ids": guess.inputs, "attention_mask": guess.mask if batch_size > 1 else None,
+            "frozen_rows": guess.rows_certified, "pad_id": tok.pad_token_id}
         return MaskedLMPlugin(self.model, priors, batch_size, use_priors=self.config.use_priors, boundary=boundary,
-                              initial_ids=guess.inputs, attention_mask=guess.mask if batch_size > 1 else None,
-                              frozen_rows=guess.rows_certified, pad_id=tok.pad_token_id)
+                              **start)
 
     def attack(self, observation: GradientObservation, *, generator: torch.Generator,
                batch: int | None = None) -> list[Reconstruction]:
