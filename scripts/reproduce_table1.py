@@ -45,6 +45,10 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=300, help="L-BFGS steps before giving up (default: 300)")
     ap.add_argument("--distance", default="l2", choices=["l2", "cosine", "layer-l2"],
                     help="gradient distance (default: l2, the paper; layer-l2 weighs every layer the same)")
+    ap.add_argument("--no-normalize", dest="normalize", action="store_false",
+                    help="let L-BFGS see the raw distance (by default it sees the distance over its value at the "
+                         "first point: same minimiser, but torch's absolute curvature threshold no longer freezes "
+                         "an objective that starts small, as at 32x32)")
     ap.add_argument("--first-image", type=int, default=20, help="first lfw_subset index used (default: 20)")
     ap.add_argument("--mode", choices=["train", "eval"], default="train",
                     help="victim's mode (default: train, batch norm on the batch's statistics)")
@@ -81,12 +85,13 @@ def main() -> None:
                 return True
             return False
 
-        matching = MatchingConfig(steps=args.max_steps, tolerance=1e-12, distance=args.distance)
+        matching = MatchingConfig(steps=args.max_steps, tolerance=1e-12, distance=args.distance,
+                                   normalize=args.normalize)
         config = ImageAttackConfig(matching=matching, log_every=1)
         started = time.perf_counter()
         rec = ImageAttack(model, config, callbacks=[check]).attack(obs, generator=torch.Generator().manual_seed(bs))
         row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "mode": args.mode,
-               "distance": args.distance, "restored": "steps" in reached,
+               "distance": args.distance, "normalize": args.normalize, "restored": "steps" in reached,
                "steps_to_restore": reached.get("steps"), "evaluations_to_restore": reached.get("evaluations"),
                "seconds_to_restore": round(reached["seconds"], 1) if "seconds" in reached else None,
                "final_min_psnr": round(reached.get("last_min_psnr", 0.0), 2),

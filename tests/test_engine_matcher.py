@@ -10,8 +10,9 @@ from nlp_dlg.engine import ConfigError, GradientMatcher, MatchingConfig, Matchin
 class MLPPlugin:
     """Dummy inputs x (B, 4) and soft labels (B, 3) for a 4-8-3 sigmoid MLP with cross-entropy."""
 
-    def __init__(self, seed=0, nan_at=None):
+    def __init__(self, seed=0, nan_at=None, scale=1.0):
         torch.manual_seed(seed)
+        self.scale = scale  # multiplies the loss: a small one makes every gradient (and distance) small
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 3))
         self.batch = 1
         self.calls = 0
@@ -26,7 +27,7 @@ class MLPPlugin:
 
     def task_loss(self, leaves):
         self.calls += 1
-        loss = -(leaves["y"].softmax(-1) * self.net(leaves["x"]).log_softmax(-1)).sum(-1).mean()
+        loss = -(leaves["y"].softmax(-1) * self.net(leaves["x"]).log_softmax(-1)).sum(-1).mean() * self.scale
         return loss * float("nan") if self.calls == self.nan_at else loss
 
     def project(self, leaves):
@@ -34,7 +35,7 @@ class MLPPlugin:
 
     def observe(self, x, labels):
         self.batch = len(x)
-        loss = nn.functional.cross_entropy(self.net(x), labels)
+        loss = nn.functional.cross_entropy(self.net(x), labels) * self.scale
         grads = torch.autograd.grad(loss, list(self.net.parameters()))
         return dict(zip(dict(self.net.named_parameters()), grads))
 
@@ -58,6 +59,18 @@ def test_lbfgs_recovers_input_and_label_exactly():
     assert result.distance < 1e-8
     assert torch.allclose(result.leaves["x"], X[:1], atol=1e-3)
     assert int(result.leaves["y"].argmax()) == 2
+
+
+def test_normalize_unfreezes_lbfgs_on_an_objective_that_starts_small():
+    # gradients 1e-4 of the usual: the distance starts ~1e-9, below torch L-BFGS's absolute thresholds
+    plugin = MLPPlugin(scale=1e-4)
+    target = plugin.observe(X[:1], LABELS[:1])
+    raw = _run(plugin, target, steps=50)
+    assert not torch.allclose(raw.leaves["x"], X[:1], atol=1e-1)  # frozen near the random start
+    result = _run(plugin, target, steps=50, normalize=True)
+    assert torch.allclose(result.leaves["x"], X[:1], atol=1e-3)
+    assert int(result.leaves["y"].argmax()) == 2
+    assert result.distance < raw.distance * 1e-6  # reported unscaled, in the same units as raw.distance
 
 
 def test_joint_schedule_recovers_a_batch_of_two():

@@ -80,6 +80,11 @@ class MatchingConfig:
         lbfgs_max_iter, lbfgs_history: L-BFGS's ``max_iter`` and ``history_size``.
         tolerance: stop a restart once the distance is at or below this value.
         max_recoveries: non-finite losses survived per restart (each restarts from the best point).
+        normalize: the optimizer sees the objective divided by its value at the restart's first point (same
+            minimiser; distances are still reported unscaled). torch's L-BFGS has absolute thresholds (it
+            drops every curvature pair with ``yᵀs <= 1e-10``), so on an objective that starts small it
+            degrades to gradient descent with step ``lr``: ResNet-20-sigmoid at 32x32 in train mode starts at
+            L2 3e-2 and its image moved 7e-5 per step; normalised, it moves 0.3 in the first step.
     """
 
     steps: int = 30
@@ -93,6 +98,7 @@ class MatchingConfig:
     lbfgs_history: int = 100
     tolerance: float = 0.0
     max_recoveries: int = 5
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("steps", self.steps)
@@ -235,7 +241,7 @@ class GradientMatcher:
         groups = ([[parts[n][i] for n in parts] for i in range(n_samples)] if per_sample
                   else [[parts[n][0] for n in parts]])
         all_leaves = [leaf for group in groups for leaf in group]
-        state = {"evals": 0, "best": math.inf, "best_leaves": None, "last": math.inf}
+        state = {"evals": 0, "best": math.inf, "best_leaves": None, "last": math.inf, "scale": 1.0}
         prior = _regularizer(self.plugin)
 
         def current() -> dict[str, torch.Tensor]:
@@ -264,7 +270,7 @@ class GradientMatcher:
 
         def closure_for(group: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
             def closure() -> torch.Tensor:
-                dist = evaluate(create_graph=True)
+                dist = evaluate(create_graph=True) * state["scale"]
                 # Gradients for the leaves only: never for the model's weights.
                 leaf_grads = torch.autograd.grad(dist, group, allow_unused=True)
                 for leaf, g in zip(group, leaf_grads):
@@ -288,6 +294,8 @@ class GradientMatcher:
             initial = float(evaluate(create_graph=False).detach())
         except _NonFinite:
             initial = math.inf
+        if cfg.normalize and math.isfinite(initial) and initial > 0:
+            state["scale"] = 1.0 / initial
         self._emit(StepRecord(restart, 0, state["evals"], initial, state["best"],
                               time.perf_counter() - start, MappingProxyType(snapshot()), 0))
         try:
