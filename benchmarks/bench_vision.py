@@ -30,6 +30,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8, help="images per batch size (a multiple of each)")
     ap.add_argument("--first", type=int, default=80, help="first lfw_subset index (default: 80)")
     ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--no-normalize", dest="normalize", action="store_false",
+                    help="no lifting of a distance that starts below 1 (MatchingConfig.normalize; LeNet's start above "
+                         "1, so the rows are the same either way)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "vision.jsonl")
     args = ap.parse_args()
     from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
@@ -46,7 +49,8 @@ def main() -> None:
                             "--batch-size", str(bs), "--out", tmp], check=True)
             files = find_gradient_files(tmp)
             model, _ = model_from_metadata(dict(load_observation(files[0]).metadata["model"]))
-            config = ImageAttackConfig(matching=MatchingConfig(steps=args.iters, tolerance=1e-10))
+            config = ImageAttackConfig(matching=MatchingConfig(steps=args.iters, tolerance=1e-10,
+                                                                normalize=args.normalize))
             rows, seconds = [], []
             for b, path in enumerate(files):
                 started = time.perf_counter()
@@ -62,7 +66,7 @@ def main() -> None:
                 print(f"B={bs} batch {b}: PSNR {[round(s['psnr'], 1) for s in scores]} labels ok "
                       f"{[s['label_correct'] for s in scores]} {seconds[-1]:.1f}s", flush=True)
         n = len(rows)
-        summary = {"model": "lenet", "batch_size": bs, "images": n,
+        summary = {"model": "lenet", "batch_size": bs, "images": n, "normalize": args.normalize,
                    "mean_psnr": round(sum(min(r["psnr"], 99.0) for r in rows) / n, 2),
                    "min_psnr": round(min(r["psnr"] for r in rows), 2),
                    "mean_ssim": round(sum(r["ssim"] for r in rows) / n, 4),

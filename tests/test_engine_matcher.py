@@ -73,6 +73,14 @@ def test_normalize_unfreezes_lbfgs_on_an_objective_that_starts_small():
     assert result.distance < raw.distance * 1e-6  # reported unscaled, in the same units as raw.distance
 
 
+def test_normalize_leaves_an_objective_that_starts_above_one_as_it_is():
+    plugin = MLPPlugin(scale=1e3)
+    target = plugin.observe(X[:1], LABELS[:1])
+    raw, lifted = _run(plugin, target, steps=3), _run(plugin, target, steps=3, normalize=True)
+    assert raw.history[0] > 1 and raw.history == lifted.history
+    torch.testing.assert_close(raw.leaves["x"], lifted.leaves["x"], rtol=0, atol=0)
+
+
 def test_joint_schedule_recovers_a_batch_of_two():
     plugin = MLPPlugin()
     target = plugin.observe(X, LABELS)

@@ -196,6 +196,14 @@ def test_cli_scores_a_train_mode_gradient_after_the_brightness_contrast_fit(tmp_
     assert row["fit"] == "brightness-contrast" and row["psnr"] >= row["psnr_raw"] - 1e-9
 
 
+def test_cli_normalize_reaches_the_engine():
+    from vision_dlg.cli import _attack_config, build_parser
+
+    parse = build_parser().parse_args
+    assert _attack_config(parse(["attack", "--out", "r"])).matching.normalize
+    assert not _attack_config(parse(["attack", "--out", "r", "--no-normalize"])).matching.normalize
+
+
 def test_a_real_photo_comes_back_from_a_small_lenet():
     image = skimage_photo("coffee", size=16)[None]
     model, [(obs, truth)] = _capture(image, [6])

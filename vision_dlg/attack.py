@@ -56,7 +56,8 @@ class ImageAttackConfig:
     Args:
         label_method: ``analytic`` (labels read off the classifier's gradient; pixels optimised) or
             ``dlg`` (soft labels optimised with the pixels, as the paper).
-        matching: the engine's options; the default is the paper's: L2, L-BFGS lr 1.0, 300 steps.
+        matching: the engine's options; the default is the paper's (L2, L-BFGS lr 1.0, 300 steps) with an
+            objective that starts below 1 lifted to 1 for L-BFGS (``normalize``: same minimiser).
         tv: weight of a total-variation prior on the images; None (default): 0 for one image, ``BATCH_TV``
             for a batch (a batch's gradient leaves room for noise-like images that match it).
         clamp: keep the pixels in [0, 1] after each step (unboxed pixels only).
@@ -68,7 +69,8 @@ class ImageAttackConfig:
     """
 
     label_method: str = "analytic"
-    matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="l2", steps=300))
+    matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="l2", steps=300,
+                                                                            normalize=True))
     tv: float | None = None
     clamp: bool = False
     box: bool | None = None

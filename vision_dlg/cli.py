@@ -76,6 +76,10 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--restarts", type=positive_int, default=1, help="random restarts, best kept (default: 1)")
     a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",
                    help="batches: update all images each step, or image step mod B (the paper) (default: joint)")
+    a.add_argument("--no-normalize", dest="normalize", action="store_false",
+                   help="let L-BFGS see the raw distance even when it starts below 1 (by default such a distance is "
+                        "divided by its first value: same minimiser, but torch's absolute thresholds no longer freeze "
+                        "it, as on ResNets at 32x32 in train mode, which start near 3e-2)")
     a.add_argument("--tolerance", type=float, default=1e-10,
                    help="stop once the gradient distance is at or below this (default: 1e-10)")
     a.add_argument("--log-every", type=positive_int, default=10, help="progress and grid frame every N steps")
@@ -176,7 +180,7 @@ def _attack_config(args: argparse.Namespace):
     lr = args.lr if args.lr is not None else (1.0 if args.optimizer == "lbfgs" else 0.1)
     matching = MatchingConfig(steps=args.iters, max_evaluations=args.max_evals, optimizer=args.optimizer, lr=lr,
                               distance=args.distance, restarts=args.restarts, schedule=args.schedule,
-                              tolerance=args.tolerance)
+                              tolerance=args.tolerance, normalize=args.normalize)
     return ImageAttackConfig(label_method=args.label_method, matching=matching, tv=args.tv, clamp=args.clamp,
                              box={"auto": None, "on": True, "off": False}[args.box], log_every=args.log_every)
 
