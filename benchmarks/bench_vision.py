@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--no-normalize", dest="normalize", action="store_false",
                     help="no lifting of a distance that starts below 1 (MatchingConfig.normalize; LeNet's start above "
                          "1, so the rows are the same either way)")
+    ap.add_argument("--init-std", type=float, default=None,
+                    help="std of the initial pixels or pixel logits (default: the attack's)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "vision.jsonl")
     args = ap.parse_args()
     from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
@@ -50,7 +52,8 @@ def main() -> None:
             files = find_gradient_files(tmp)
             model, _ = model_from_metadata(dict(load_observation(files[0]).metadata["model"]))
             config = ImageAttackConfig(matching=MatchingConfig(steps=args.iters, tolerance=1e-10,
-                                                                normalize=args.normalize))
+                                                                normalize=args.normalize),
+                                        init_std=args.init_std)
             rows, seconds = [], []
             for b, path in enumerate(files):
                 started = time.perf_counter()
@@ -67,6 +70,7 @@ def main() -> None:
                       f"{[s['label_correct'] for s in scores]} {seconds[-1]:.1f}s", flush=True)
         n = len(rows)
         summary = {"model": "lenet", "batch_size": bs, "images": n, "normalize": args.normalize,
+                   "init_std": config.initial_std(config.uses_box(bs, train=False)),
                    "mean_psnr": round(sum(min(r["psnr"], 99.0) for r in rows) / n, 2),
                    "min_psnr": round(min(r["psnr"] for r in rows), 2),
                    "mean_ssim": round(sum(r["ssim"] for r in rows) / n, 4),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nlp_dlg.engine import MatchingConfig, load_observation, save_observation
-from nlp_dlg.engine.errors import InputDataError, ModelMismatchError
+from nlp_dlg.engine.errors import ConfigError, InputDataError, ModelMismatchError
 from vision_dlg import (
     ImageAttack,
     ImageAttackConfig,
@@ -202,6 +202,28 @@ def test_cli_normalize_reaches_the_engine():
     parse = build_parser().parse_args
     assert _attack_config(parse(["attack", "--out", "r"])).matching.normalize
     assert not _attack_config(parse(["attack", "--out", "r", "--no-normalize"])).matching.normalize
+
+
+def test_init_std_spreads_the_first_dummy_and_defaults_by_box(tmp_path, capsys):
+    from vision_dlg.attack import BOXED_INIT_STD
+    from vision_dlg.cli import _attack_config, build_parser
+    from vision_dlg.plugin import ImagePlugin
+
+    plugin = ImagePlugin(build_model(SMALL), 4, (3, 16, 16), 10, box=True, init_std=0.01)
+    assert abs(float(plugin.init_leaves(torch.Generator().manual_seed(0))["images"].std()) - 0.01) < 1e-3
+    config = ImageAttackConfig()
+    assert config.initial_std(config.uses_box(1, train=False)) == 1.0          # raw pixels: DLG's standard normal
+    assert config.initial_std(config.uses_box(4, train=False)) == BOXED_INIT_STD != 1.0
+    assert config.initial_std(config.uses_box(1, train=True)) == BOXED_INIT_STD
+    assert ImageAttackConfig(init_std=0.5, box=False).initial_std(False) == 0.5
+    with pytest.raises(ConfigError, match="init_std"):
+        ImageAttackConfig(init_std=0.0)
+    parse = build_parser().parse_args
+    assert _attack_config(parse(["attack", "--out", "r", "--init-std", "0.2"])).init_std == 0.2
+    code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "1", "--labels", "4",
+                             "--num-classes", "10", "--image-size", "16", "--init-std", "-1", "--out",
+                             str(tmp_path / "r.jsonl"))
+    assert code == 2 and "init_std" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_real_photo_comes_back_from_a_small_lenet():

@@ -71,7 +71,10 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                    help="weight of a total-variation prior (default: 0 for one image, 1e-3 for a batch)")
     a.add_argument("--box", choices=["auto", "on", "off"], default="auto",
                    help="optimise pixel logits (pixels = their sigmoid, in (0, 1)) or raw pixels as DLG published "
-                        "(default auto: raw for one image, logits for a batch)")
+                        "(default auto: raw for one image, logits for a batch or a train-mode gradient)")
+    a.add_argument("--init-std", type=float, default=None,
+                   help="standard deviation of the initial pixels, or pixel logits with the box (default: 1, DLG's "
+                        "standard normal, for raw pixels; the attack's BOXED_INIT_STD for logits)")
     a.add_argument("--clamp", action="store_true", help="keep the pixels in [0, 1] after each step")
     a.add_argument("--restarts", type=positive_int, default=1, help="random restarts, best kept (default: 1)")
     a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",
@@ -182,7 +185,8 @@ def _attack_config(args: argparse.Namespace):
                               distance=args.distance, restarts=args.restarts, schedule=args.schedule,
                               tolerance=args.tolerance, normalize=args.normalize)
     return ImageAttackConfig(label_method=args.label_method, matching=matching, tv=args.tv, clamp=args.clamp,
-                             box={"auto": None, "on": True, "off": False}[args.box], log_every=args.log_every)
+                             box={"auto": None, "on": True, "off": False}[args.box], init_std=args.init_std,
+                             log_every=args.log_every)
 
 
 def attack_batches(model, config, batches, *, out: Path, images_dir: Path, seed: int,

@@ -1,11 +1,11 @@
 """The image plugin of the engine: dummy pixels and (soft or known) labels.
 
-Leaves: ``images (B, C, S, S)``, drawn from a standard normal as in the DLG code (with ``box``, these are
-the logits of the pixels: ``sigmoid`` keeps every pixel in (0, 1)), and, when the labels
-are not known, label logits ``(B, K)`` (DLG's soft labels: the loss is the cross-entropy against their
-softmax). With labels read off the gradient (iDLG, :mod:`vision_dlg.labels`) only the pixels are
-optimised. Every parameter's gradient is matched. Optional prior: total variation of the images
-(Inverting Gradients, Geiping et al. 2020), added to the objective with weight ``tv``.
+Leaves: ``images (B, C, S, S)``, drawn from a normal distribution (standard as in the DLG code, or of
+``init_std``; with ``box``, these are the logits of the pixels: ``sigmoid`` keeps every pixel in (0, 1)),
+and, when the labels are not known, label logits ``(B, K)`` (DLG's soft labels: the loss is the
+cross-entropy against their softmax). With labels read off the gradient (iDLG, :mod:`vision_dlg.labels`)
+only the pixels are optimised. Every parameter's gradient is matched. Optional prior: total variation of
+the images (Inverting Gradients, Geiping et al. 2020), added to the objective with weight ``tv``.
 """
 
 from __future__ import annotations
@@ -43,11 +43,13 @@ class ImagePlugin:
         box: optimise pixel logits, the image being their sigmoid (pixels stay in (0, 1) without a
             projection, which L-BFGS tolerates badly). Unboxed pixels (DLG as published) let a batch's
             matching settle on images outside [0, 1] whose gradient equals the observed one.
+        init_std: standard deviation of the initial dummy pixels or, with ``box``, pixel logits (1: DLG's
+            standard normal).
     """
 
     def __init__(self, model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
                  *, labels: torch.Tensor | None = None, learn_labels: bool = False, tv: float = 0.0,
-                 clamp: bool = False, box: bool = False) -> None:
+                 clamp: bool = False, box: bool = False, init_std: float = 1.0) -> None:
         self.model = model
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
@@ -57,13 +59,14 @@ class ImagePlugin:
         self.tv = float(tv)
         self.clamp = clamp
         self.box = box
+        self.init_std = float(init_std)
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def matched_parameters(self) -> Mapping[str, torch.Tensor]:
         return self._params
 
     def init_leaves(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        leaves = {"images": torch.randn(self.batch_size, *self.image_shape, generator=generator)}
+        leaves = {"images": self.init_std * torch.randn(self.batch_size, *self.image_shape, generator=generator)}
         if self.learn_labels:
             logits = torch.randn(self.batch_size, self.num_classes, generator=generator)
             if self.labels is not None:
