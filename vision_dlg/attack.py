@@ -7,11 +7,12 @@ the observed one, on the shared engine (restarts, non-finite guard, per-sample s
 distinct classes the B negative bias-gradient entries (exact too), and optimises the pixels only; other
 batches get bias-gradient label counts (:mod:`vision_dlg.labels`, an estimate when the softmax is far
 from uniform) as the start of soft labels that the matching optimises with the pixels. ``"dlg"``
-optimises soft labels from random logits as the paper. Departures from the paper for batches, both
+optimises soft labels from random logits as the paper. Departures from the paper for batches, all
 switchable: the pixels are the sigmoid of the optimised logits (``box``), and a small total-variation
 prior (``tv``); without them a batch's matching settles on noise-like images whose gradient matches the
 observed one (measured on LeNet: batch 2, 7 dB; with the box, 19 dB; batch 4 with the box and the prior,
-29 dB). Options: cosine distance, clamping to [0, 1].
+29 dB). The logits start near 0 (``init_std``), every pixel near 0.5 where the sigmoid is steepest.
+Options: cosine distance, clamping to [0, 1].
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 LABEL_METHODS = ("analytic", "dlg")
 # Initial pixel logits: std 1 saturates many sigmoid pixels, where the matching's gradient is small. ResNet-20
-# (train mode, 32x32, Table 1 faces): batch 1 restored at step 40 instead of 128, batch 4 at about 390 instead of
-# stalling near 16 dB; LeNet batch 4 (bench_vision.py): mean 29.0 dB instead of 28.5 dB.
+# (train mode, 32x32, scripts/reproduce_table1.py): batches 1, 2, 4 restored at steps 36, 57, 388 instead of 128,
+# 101 and a stall near 16 dB; LeNet batch 4 (benchmarks/bench_vision.py): mean 29.0 dB instead of 28.5 dB.
 BOXED_INIT_STD = 0.01
 BATCH_TV = 1e-3  # LeNet, 4 LFW faces at 32x32: 13 dB without, 29 dB with (boxed pixels, 300 L-BFGS steps)
 
