@@ -220,6 +220,9 @@ def test_init_std_spreads_the_first_dummy_and_defaults_by_box(tmp_path, capsys):
         ImageAttackConfig(init_std=0.0)
     parse = build_parser().parse_args
     assert _attack_config(parse(["attack", "--out", "r", "--init-std", "0.2"])).init_std == 0.2
+    with pytest.raises(SystemExit):
+        parse(["attack", "--help"])
+    assert f"{BOXED_INIT_STD:g} for logits" in " ".join(capsys.readouterr().out.split())   # the help's default
     code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "1", "--labels", "4",
                              "--num-classes", "10", "--image-size", "16", "--init-std", "-1", "--out",
                              str(tmp_path / "r.jsonl"))

@@ -74,7 +74,7 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                         "(default auto: raw for one image, logits for a batch or a train-mode gradient)")
     a.add_argument("--init-std", type=float, default=None,
                    help="standard deviation of the initial pixels, or pixel logits with the box (default: 1, DLG's "
-                        "standard normal, for raw pixels; the attack's BOXED_INIT_STD for logits)")
+                        "standard normal, for raw pixels; 0.01 for logits, which keeps their sigmoid off saturation)")
     a.add_argument("--clamp", action="store_true", help="keep the pixels in [0, 1] after each step")
     a.add_argument("--restarts", type=positive_int, default=1, help="random restarts, best kept (default: 1)")
     a.add_argument("--schedule", choices=["joint", "per-sample"], default="joint",
