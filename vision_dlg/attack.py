@@ -11,7 +11,9 @@ optimises soft labels from random logits as the paper. Departures from the paper
 switchable: the pixels are the sigmoid of the optimised logits (``box``), and a small total-variation
 prior (``tv``); without them a batch's matching settles on noise-like images whose gradient matches the
 observed one (measured on LeNet: batch 2, 7 dB; with the box, 19 dB; batch 4 with the box and the prior,
-29 dB). The logits start near 0 (``init_std``), every pixel near 0.5 where the sigmoid is steepest.
+29 dB). The prior is off by default where the gradient cannot see the batch's contrast (batch norm on the
+batch's statistics, :func:`vision_dlg.victim.contrast_sensitivity`): there it shrinks the contrast. The
+logits start near 0 (``init_std``), every pixel near 0.5 where the sigmoid is steepest.
 Options: cosine distance, clamping to [0, 1].
 """
 
@@ -31,7 +33,7 @@ from nlp_dlg.engine.matcher import GradientMatcher, MatchingConfig, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
 from vision_dlg.labels import infer_labels, labels_are_exact
 from vision_dlg.plugin import ImagePlugin
-from vision_dlg.victim import TASK, victim_mode
+from vision_dlg.victim import TASK, contrast_sensitivity, victim_mode
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,11 @@ LABEL_METHODS = ("analytic", "dlg")
 # 101 and a stall near 16 dB; LeNet batch 4 (benchmarks/bench_vision.py): mean 29.0 dB instead of 28.5 dB.
 BOXED_INIT_STD = 0.01
 BATCH_TV = 1e-3  # LeNet, 4 LFW faces at 32x32: 13 dB without, 29 dB with (boxed pixels, 300 L-BFGS steps)
+# contrast_sensitivity below this: the gradient is blind to the batch's contrast and the default prior is off
+# (measured: train-mode ResNet-20 7e-4 to 1e-3; its eval mode and LeNet 0.6 and more). With the prior, a
+# train-mode ResNet-20 batch of 8 at 16x16 shrinks its contrast (pixel std 0.15 to 0.03, mean 0.5 to 0.09)
+# and stalls at 28.7 dB; without it, it is restored.
+CONTRAST_BLIND = 1e-2
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,9 @@ class ImageAttackConfig:
         matching: the engine's options; the default is the paper's (L2, L-BFGS lr 1.0, 300 steps) with an
             objective that starts below 1 lifted to 1 for L-BFGS (``normalize``: same minimiser).
         tv: weight of a total-variation prior on the images; None (default): 0 for one image, ``BATCH_TV``
-            for a batch (a batch's gradient leaves room for noise-like images that match it).
+            for a batch (a batch's gradient leaves room for noise-like images that match it), but 0 where
+            the gradient is blind to the batch's contrast (train-mode batch norm: the prior would shrink
+            the contrast along that blind direction, into the sigmoid's flat tail).
         clamp: keep the pixels in [0, 1] after each step (unboxed pixels only).
         box: optimise pixel logits (pixels = their sigmoid, always in (0, 1)); None (default): raw pixels as
             DLG published for one image (they converge faster there), logits for a batch or a train-mode
@@ -99,6 +108,13 @@ class ImageAttackConfig:
         """Whether the pixels are boxed (the sigmoid of optimised logits) for this batch size and mode."""
         return self.box if self.box is not None else (batch_size > 1 or train)
 
+    def prior_weight(self, batch_size: int, *, contrast_blind: bool = False) -> float:
+        """The total-variation weight this config gives a batch of ``batch_size`` (``contrast_blind``: the
+        gradient does not see the batch's contrast, :func:`vision_dlg.victim.contrast_sensitivity`)."""
+        if self.tv is not None:
+            return self.tv
+        return BATCH_TV if batch_size > 1 and not contrast_blind else 0.0
+
     def initial_std(self, box: bool) -> float:
         """The std of the initial pixels (``box``: pixel logits) this config gives."""
         if self.init_std is not None:
@@ -120,12 +136,13 @@ class ImageReconstruction:
     seconds: float
     label_method: str
     interrupted: bool = False
+    tv: float = 0.0         # weight of the total-variation prior the attack used
 
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.batch, "index": self.index, "label": self.label, "loss": self.distance,
                 "iterations": self.iterations, "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "label_method": self.label_method,
-                "interrupted": self.interrupted}
+                "interrupted": self.interrupted, "tv": self.tv}
 
 
 class ImageAttack:
@@ -176,8 +193,14 @@ class ImageAttack:
         if self.config.label_method == "analytic":
             labels = infer_labels(observation.gradients, self.model, batch_size)
             exact = labels_are_exact(observation.gradients, self.model, batch_size)
-        tv = self.config.tv if self.config.tv is not None else (BATCH_TV if batch_size > 1 else 0.0)
         train = meta.get("mode") == "train"
+        blind = (self.config.tv is None and batch_size > 1
+                 and contrast_sensitivity(self.model, image_shape, batch_size, num_classes,
+                                          train_mode=train) < CONTRAST_BLIND)
+        if blind:
+            logger.info("the gradient is blind to the batch's contrast (batch norm on the batch's statistics): "
+                        "no total-variation prior")
+        tv = self.config.prior_weight(batch_size, contrast_blind=blind)
         box = self.config.uses_box(batch_size, train=train)
         plugin = ImagePlugin(self.model, batch_size, image_shape, num_classes, labels=labels,
                              learn_labels=labels is not None and not exact, tv=tv,
@@ -196,5 +219,6 @@ class ImageAttack:
                 observation.gradients, generator=generator)
             images, labs = plugin.decode(result.leaves)
         return [ImageReconstruction(batch, i, images[i], int(labs[i]), result.distance, result.steps,
-                                    result.evaluations, result.seconds, self.config.label_method, result.interrupted)
+                                    result.evaluations, result.seconds, self.config.label_method, result.interrupted,
+                                    tv)
                 for i in range(batch_size)]

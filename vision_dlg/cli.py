@@ -68,7 +68,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--lr", type=float, default=None, help="learning rate (default: 1.0 for lbfgs, 0.1 for adam)")
     a.add_argument("--distance", choices=DISTANCE_CHOICES, default="l2", help="(default: l2, as the paper)")
     a.add_argument("--tv", type=float, default=None,
-                   help="weight of a total-variation prior (default: 0 for one image, 1e-3 for a batch)")
+                   help="weight of a total-variation prior (default: 1e-3 for a batch, 0 for one image and "
+                        "where the gradient is blind to the batch's contrast, as batch norm in train mode)")
     a.add_argument("--box", choices=["auto", "on", "off"], default="auto",
                    help="optimise pixel logits (pixels = their sigmoid, in (0, 1)) or raw pixels as DLG published "
                         "(default auto: raw for one image, logits for a batch or a train-mode gradient)")
