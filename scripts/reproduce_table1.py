@@ -16,7 +16,7 @@ mode the PSNR is taken after the one least-squares map a*x + b for the whole bat
 the paper's 270/602/1173/2711.
 
     .venv/bin/python scripts/reproduce_table1.py [--batch-sizes 1 2 4 8] [--image-size 32] [--max-steps 300]
-        [--mode train|eval] [--distance l2|cosine|layer-l2] [--no-normalize] [--init-std S] [--tv W]
+        [--mode train|eval] [--distance l2|cosine|layer-l2] [--no-normalize] [--init-std S] [--tv W] [--prior add|scale]
         [--out runs/table1.jsonl]
 """
 
@@ -54,9 +54,11 @@ def main() -> None:
     ap.add_argument("--init-std", type=float, default=None,
                     help="std of the initial pixel logits (default: the attack's, vision_dlg.attack.BOXED_INIT_STD)")
     ap.add_argument("--tv", type=float, default=None,
-                    help="weight of the total-variation prior (default: the attack's: 0 for one image and where the "
-                         "gradient is blind to the batch's contrast, as in train mode; else "
-                         "vision_dlg.attack.BATCH_TV)")
+                    help="weight of the total-variation prior (default: the attack's: 0 for one image, else "
+                         "vision_dlg.attack.BATCH_TV added or SCALED_TV scaling the distance)")
+    ap.add_argument("--prior", choices=["add", "scale"], default=None,
+                    help="how the prior enters the objective (default: the attack's: scale where the gradient is "
+                         "blind to the batch's contrast, as in train mode; else add)")
     ap.add_argument("--first-image", type=int, default=20, help="first lfw_subset index used (default: 20)")
     ap.add_argument("--mode", choices=["train", "eval"], default="train",
                     help="victim's mode (default: train, batch norm on the batch's statistics)")
@@ -95,12 +97,13 @@ def main() -> None:
 
         matching = MatchingConfig(steps=args.max_steps, tolerance=1e-12, distance=args.distance,
                                    normalize=args.normalize)
-        config = ImageAttackConfig(matching=matching, init_std=args.init_std, tv=args.tv, log_every=1)
+        config = ImageAttackConfig(matching=matching, init_std=args.init_std, tv=args.tv, prior=args.prior,
+                                   log_every=1)
         started = time.perf_counter()
         rec = ImageAttack(model, config, callbacks=[check]).attack(obs, generator=torch.Generator().manual_seed(bs))
         row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "mode": args.mode,
                "distance": args.distance, "normalize": args.normalize, "init_std": config.initial_std(
-                   config.uses_box(bs, train=args.mode == "train")), "tv": rec[0].tv,
+                   config.uses_box(bs, train=args.mode == "train")), "tv": rec[0].tv, "prior": rec[0].prior,
                "restored": "steps" in reached,
                "steps_to_restore": reached.get("steps"), "evaluations_to_restore": reached.get("evaluations"),
                "seconds_to_restore": round(reached["seconds"], 1) if "seconds" in reached else None,

@@ -81,6 +81,18 @@ def test_normalize_leaves_an_objective_that_starts_above_one_as_it_is():
     torch.testing.assert_close(raw.leaves["x"], lifted.leaves["x"], rtol=0, atol=0)
 
 
+def test_a_scaled_prior_keeps_the_exact_match_that_an_added_one_pulls_away_from():
+    class Pulled(MLPPlugin):
+        def regularizer(self, leaves):          # pulls x towards 0, away from the observed input
+            return 0.1 * leaves["x"].pow(2).sum()
+
+    plugin = Pulled()
+    target = plugin.observe(X[:1], LABELS[:1])
+    added, scaled = _run(plugin, target, steps=50), _run(plugin, target, steps=50, prior="scale")
+    assert not torch.allclose(added.leaves["x"], X[:1], atol=1e-2)
+    assert torch.allclose(scaled.leaves["x"], X[:1], atol=1e-3) and scaled.distance < 1e-8
+
+
 def test_joint_schedule_recovers_a_batch_of_two():
     plugin = MLPPlugin()
     target = plugin.observe(X, LABELS)
@@ -193,6 +205,7 @@ def test_model_requires_grad_flags_are_restored():
     ({"lr": -1.0}, "lr: expected a positive finite number"),
     ({"schedule": "random"}, "schedule: expected one of"),
     ({"distance": "l3"}, "distance: expected one of"),
+    ({"prior": "multiply"}, "prior: expected one of add, scale, got 'multiply'"),
 ])
 def test_config_errors_name_parameter_expected_and_actual(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):

@@ -230,8 +230,8 @@ def test_init_std_spreads_the_first_dummy_and_defaults_by_box(tmp_path, capsys):
 
 
 
-def test_the_default_prior_is_off_where_the_gradient_is_blind_to_the_batch_contrast():
-    from vision_dlg.attack import BATCH_TV, CONTRAST_BLIND
+def test_the_default_prior_scales_the_distance_where_the_gradient_is_blind_to_the_batch_contrast():
+    from vision_dlg.attack import BATCH_TV, CONTRAST_BLIND, SCALED_TV
     from vision_dlg.victim import contrast_sensitivity
 
     spec = VisionModelSpec("resnet20", num_classes=10, image_size=6)
@@ -240,21 +240,23 @@ def test_the_default_prior_is_off_where_the_gradient_is_blind_to_the_batch_contr
     assert contrast_sensitivity(resnet, (3, 6, 6), 2, 10, train_mode=True) < CONTRAST_BLIND / 5
     assert contrast_sensitivity(resnet, (3, 6, 6), 2, 10, train_mode=False) > 10 * CONTRAST_BLIND
     assert contrast_sensitivity(lenet, (3, 16, 16), 2, 10, train_mode=True) > 10 * CONTRAST_BLIND
-    one_step = MatchingConfig(steps=1)
 
-    def prior(model, info, images, train_mode, tv=None):
+    def prior(model, info, images, train_mode, **options):
         [(obs, _)] = capture_images(model, images, [1, 4], batch_size=2, model_info=info, train_mode=train_mode)
-        recs = ImageAttack(model, ImageAttackConfig(matching=one_step, tv=tv)).attack(
+        recs = ImageAttack(model, ImageAttackConfig(matching=MatchingConfig(steps=1), **options)).attack(
             obs, generator=torch.Generator().manual_seed(0))
-        assert recs[0].to_json()["tv"] == recs[0].tv
-        return recs[0].tv
+        assert recs[0].to_json()["tv"] == recs[0].tv and recs[0].to_json()["prior"] == recs[0].prior
+        return recs[0].tv, recs[0].prior
 
     faces = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     info = model_metadata(resnet, spec)
-    assert prior(resnet, info, faces, True) == 0.0
-    assert prior(resnet, info, faces, False) == BATCH_TV
-    assert prior(resnet, info, faces, True, tv=0.01) == 0.01                     # an explicit weight is kept
-    assert prior(lenet, model_metadata(lenet, SMALL), torch.rand(2, 3, 16, 16), True) == BATCH_TV
+    assert prior(resnet, info, faces, True) == (SCALED_TV, "scale")
+    assert prior(resnet, info, faces, False) == (BATCH_TV, "add")
+    assert prior(resnet, info, faces, True, tv=0.01) == (0.01, "add")                # explicit choices are kept
+    assert prior(resnet, info, faces, True, prior="add") == (BATCH_TV, "add")
+    assert prior(lenet, model_metadata(lenet, SMALL), torch.rand(2, 3, 16, 16), True) == (BATCH_TV, "add")
+    with pytest.raises(ConfigError, match="prior"):
+        ImageAttackConfig(prior="multiply")
 
 def test_a_real_photo_comes_back_from_a_small_lenet():
     image = skimage_photo("coffee", size=16)[None]

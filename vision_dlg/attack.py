@@ -11,8 +11,9 @@ optimises soft labels from random logits as the paper. Departures from the paper
 switchable: the pixels are the sigmoid of the optimised logits (``box``), and a small total-variation
 prior (``tv``); without them a batch's matching settles on noise-like images whose gradient matches the
 observed one (measured on LeNet: batch 2, 7 dB; with the box, 19 dB; batch 4 with the box and the prior,
-29 dB). The prior is off by default where the gradient cannot see the batch's contrast (batch norm on the
-batch's statistics, :func:`vision_dlg.victim.contrast_sensitivity`): there it shrinks the contrast. The
+29 dB). Where the gradient cannot see the batch's contrast (batch norm on the batch's statistics,
+:func:`vision_dlg.victim.contrast_sensitivity`) an added prior shrinks it: there the prior scales the
+distance instead, and fades as the gradients match. The
 logits start near 0 (``init_std``), every pixel near 0.5 where the sigmoid is steepest.
 Options: cosine distance, clamping to [0, 1].
 """
@@ -22,14 +23,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from nlp_dlg.engine.errors import ConfigError, GradientMismatchError
-from nlp_dlg.engine.matcher import GradientMatcher, MatchingConfig, StepRecord
+from nlp_dlg.engine.matcher import PRIORS, GradientMatcher, MatchingConfig, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
 from vision_dlg.labels import infer_labels, labels_are_exact
 from vision_dlg.plugin import ImagePlugin
@@ -43,11 +44,13 @@ LABEL_METHODS = ("analytic", "dlg")
 # 101 and a stall near 16 dB; LeNet batch 4 (benchmarks/bench_vision.py): mean 29.0 dB instead of 28.5 dB.
 BOXED_INIT_STD = 0.01
 BATCH_TV = 1e-3  # LeNet, 4 LFW faces at 32x32: 13 dB without, 29 dB with (boxed pixels, 300 L-BFGS steps)
-# contrast_sensitivity below this: the gradient is blind to the batch's contrast and the default prior is off
-# (measured: train-mode ResNet-20 7e-4 to 1e-3; its eval mode and LeNet 0.6 and more). With the prior, a
-# train-mode ResNet-20 batch of 8 at 16x16 shrinks its contrast (pixel std 0.15 to 0.03, mean 0.5 to 0.09)
-# and stalls at 28.7 dB; without it, it is restored.
+# contrast_sensitivity below this: the gradient is blind to the batch's contrast (measured: train-mode ResNet-20
+# 7e-4 to 1e-3; its eval mode and LeNet 0.6 and more). There the added prior shrinks the contrast along that
+# blind direction: a train-mode ResNet-20 batch of 8 at 16x16 went from pixel std 0.15 to 0.03 (mean 0.5 to 0.09)
+# and stalled at 28.7 dB. The default there scales the distance by (1 + SCALED_TV·TV) instead (``prior="scale"``),
+# a prior that fades as the gradients match.
 CONTRAST_BLIND = 1e-2
+SCALED_TV = 1.0
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,13 @@ class ImageAttackConfig:
             ``dlg`` (soft labels optimised with the pixels, as the paper).
         matching: the engine's options; the default is the paper's (L2, L-BFGS lr 1.0, 300 steps) with an
             objective that starts below 1 lifted to 1 for L-BFGS (``normalize``: same minimiser).
-        tv: weight of a total-variation prior on the images; None (default): 0 for one image, ``BATCH_TV``
-            for a batch (a batch's gradient leaves room for noise-like images that match it), but 0 where
-            the gradient is blind to the batch's contrast (train-mode batch norm: the prior would shrink
-            the contrast along that blind direction, into the sigmoid's flat tail).
+        tv: weight of a total-variation prior on the images; None (default): 0 for one image; for a batch
+            ``BATCH_TV`` added to the distance (a batch's gradient leaves room for noise-like images that
+            match it), or ``SCALED_TV`` scaling it.
+        prior: how the prior enters the objective, ``add`` or ``scale`` (the attack sets the engine's
+            ``MatchingConfig.prior`` from this); None (default): ``scale`` where the gradient is blind to the
+            batch's contrast (train-mode batch norm: an added prior shrinks the contrast along that blind
+            direction), else ``add``.
         clamp: keep the pixels in [0, 1] after each step (unboxed pixels only).
         box: optimise pixel logits (pixels = their sigmoid, always in (0, 1)); None (default): raw pixels as
             DLG published for one image (they converge faster there), logits for a batch or a train-mode
@@ -89,6 +95,7 @@ class ImageAttackConfig:
     matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="l2", steps=300,
                                                                             normalize=True))
     tv: float | None = None
+    prior: str | None = None
     clamp: bool = False
     box: bool | None = None
     init_std: float | None = None
@@ -99,6 +106,8 @@ class ImageAttackConfig:
             raise ConfigError(f"label_method: expected one of {', '.join(LABEL_METHODS)}, got {self.label_method!r}")
         if self.tv is not None and not (self.tv >= 0):
             raise ConfigError(f"tv: expected a non-negative number, got {self.tv!r}")
+        if self.prior is not None and self.prior not in PRIORS:
+            raise ConfigError(f"prior: expected one of {', '.join(PRIORS)}, got {self.prior!r}")
         if self.init_std is not None and not (math.isfinite(self.init_std) and self.init_std > 0):
             raise ConfigError(f"init_std: expected a positive finite number, got {self.init_std!r}")
         if not isinstance(self.log_every, int) or self.log_every <= 0:
@@ -108,12 +117,16 @@ class ImageAttackConfig:
         """Whether the pixels are boxed (the sigmoid of optimised logits) for this batch size and mode."""
         return self.box if self.box is not None else (batch_size > 1 or train)
 
-    def prior_weight(self, batch_size: int, *, contrast_blind: bool = False) -> float:
-        """The total-variation weight this config gives a batch of ``batch_size`` (``contrast_blind``: the
-        gradient does not see the batch's contrast, :func:`vision_dlg.victim.contrast_sensitivity`)."""
+    def prior_for(self, batch_size: int, *, contrast_blind: bool = False) -> tuple[float, str]:
+        """The total-variation weight and how it enters the objective (``add`` or ``scale``) for a batch of
+        ``batch_size`` (``contrast_blind``: the gradient does not see the batch's contrast,
+        :func:`vision_dlg.victim.contrast_sensitivity`)."""
         if self.tv is not None:
-            return self.tv
-        return BATCH_TV if batch_size > 1 and not contrast_blind else 0.0
+            return self.tv, self.prior or "add"
+        if batch_size == 1:
+            return 0.0, self.prior or "add"
+        form = self.prior or ("scale" if contrast_blind else "add")
+        return (SCALED_TV if form == "scale" else BATCH_TV), form
 
     def initial_std(self, box: bool) -> float:
         """The std of the initial pixels (``box``: pixel logits) this config gives."""
@@ -137,12 +150,13 @@ class ImageReconstruction:
     label_method: str
     interrupted: bool = False
     tv: float = 0.0         # weight of the total-variation prior the attack used
+    prior: str = "add"      # and how it entered the objective
 
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.batch, "index": self.index, "label": self.label, "loss": self.distance,
                 "iterations": self.iterations, "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "label_method": self.label_method,
-                "interrupted": self.interrupted, "tv": self.tv}
+                "interrupted": self.interrupted, "tv": self.tv, "prior": self.prior}
 
 
 class ImageAttack:
@@ -199,13 +213,14 @@ class ImageAttack:
                                           train_mode=train) < CONTRAST_BLIND)
         if blind:
             logger.info("the gradient is blind to the batch's contrast (batch norm on the batch's statistics): "
-                        "no total-variation prior")
-        tv = self.config.prior_weight(batch_size, contrast_blind=blind)
+                        "the total-variation prior scales the distance")
+        tv, form = self.config.prior_for(batch_size, contrast_blind=blind)
+        matching = replace(self.config.matching, prior=form)
         box = self.config.uses_box(batch_size, train=train)
         plugin = ImagePlugin(self.model, batch_size, image_shape, num_classes, labels=labels,
                              learn_labels=labels is not None and not exact, tv=tv,
                              clamp=self.config.clamp, box=box, init_std=self.config.initial_std(box))
-        every, steps = self.config.log_every, self.config.matching.steps
+        every, steps = self.config.log_every, matching.steps
 
         def on_step(record: StepRecord) -> bool:
             if not self.callbacks or not (record.step % every == 0 or record.step == steps):
@@ -215,10 +230,10 @@ class ImageAttack:
             return any([bool(cb(event)) for cb in self.callbacks])
 
         with victim_mode(self.model, train=train):
-            result = GradientMatcher(plugin, self.config.matching, callbacks=[on_step]).run(
+            result = GradientMatcher(plugin, matching, callbacks=[on_step]).run(
                 observation.gradients, generator=generator)
             images, labs = plugin.decode(result.leaves)
         return [ImageReconstruction(batch, i, images[i], int(labs[i]), result.distance, result.steps,
                                     result.evaluations, result.seconds, self.config.label_method, result.interrupted,
-                                    tv)
+                                    tv, form)
                 for i in range(batch_size)]

@@ -68,8 +68,12 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--lr", type=float, default=None, help="learning rate (default: 1.0 for lbfgs, 0.1 for adam)")
     a.add_argument("--distance", choices=DISTANCE_CHOICES, default="l2", help="(default: l2, as the paper)")
     a.add_argument("--tv", type=float, default=None,
-                   help="weight of a total-variation prior (default: 1e-3 for a batch, 0 for one image and "
-                        "where the gradient is blind to the batch's contrast, as batch norm in train mode)")
+                   help="weight of a total-variation prior (default: 0 for one image; for a batch 1e-3 added to "
+                        "the distance, or 1 scaling it, see --prior)")
+    a.add_argument("--prior", choices=["add", "scale"], default=None,
+                   help="how the prior enters the objective: added to the distance, or scaling it by (1 + prior), "
+                        "which fades as the gradients match (default: scale where the gradient is blind to the "
+                        "batch's contrast, as batch norm in train mode; else add)")
     a.add_argument("--box", choices=["auto", "on", "off"], default="auto",
                    help="optimise pixel logits (pixels = their sigmoid, in (0, 1)) or raw pixels as DLG published "
                         "(default auto: raw for one image, logits for a batch or a train-mode gradient)")
@@ -185,9 +189,9 @@ def _attack_config(args: argparse.Namespace):
     matching = MatchingConfig(steps=args.iters, max_evaluations=args.max_evals, optimizer=args.optimizer, lr=lr,
                               distance=args.distance, restarts=args.restarts, schedule=args.schedule,
                               tolerance=args.tolerance, normalize=args.normalize)
-    return ImageAttackConfig(label_method=args.label_method, matching=matching, tv=args.tv, clamp=args.clamp,
-                             box={"auto": None, "on": True, "off": False}[args.box], init_std=args.init_std,
-                             log_every=args.log_every)
+    return ImageAttackConfig(label_method=args.label_method, matching=matching, tv=args.tv, prior=args.prior,
+                             clamp=args.clamp, box={"auto": None, "on": True, "off": False}[args.box],
+                             init_std=args.init_std, log_every=args.log_every)
 
 
 def attack_batches(model, config, batches, *, out: Path, images_dir: Path, seed: int,

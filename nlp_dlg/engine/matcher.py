@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("lbfgs", "adam")
 SCHEDULES = ("joint", "per-sample")
+PRIORS = ("add", "scale")
 
 
 @runtime_checkable
@@ -80,6 +81,9 @@ class MatchingConfig:
         lbfgs_max_iter, lbfgs_history: L-BFGS's ``max_iter`` and ``history_size``.
         tolerance: stop a restart once the distance is at or below this value.
         max_recoveries: non-finite losses survived per restart (each restarts from the best point).
+        prior: how a plugin's ``regularizer`` enters the objective: ``add`` (``d + r``) or ``scale``
+            (``d·(1 + r)``: the prior fades with the distance, so where the gradient cannot see a direction
+            (a train-mode batch's contrast) it cannot pull the candidate along it once the gradients match).
         normalize: an objective whose value at the restart's first point is below 1 is divided by that value
             for the optimizer (same minimiser; distances are still reported unscaled); a larger one is left
             as it is. torch's L-BFGS has absolute thresholds (it drops every curvature pair with
@@ -101,6 +105,7 @@ class MatchingConfig:
     lbfgs_history: int = 100
     tolerance: float = 0.0
     max_recoveries: int = 5
+    prior: str = "add"
     normalize: bool = False
 
     def __post_init__(self) -> None:
@@ -116,6 +121,8 @@ class MatchingConfig:
             raise ConfigError(f"distance: expected one of {', '.join(DISTANCES)}, got {self.distance!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"prior: expected one of {', '.join(PRIORS)}, got {self.prior!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr: expected a positive finite number, got {self.lr!r}")
         if not (self.tolerance >= 0):
@@ -261,7 +268,7 @@ class GradientMatcher:
             grads = torch.autograd.grad(loss, params, create_graph=create_graph)
             dist = gradient_distance(grads, target, cfg.distance)
             if prior is not None:
-                dist = dist + prior(leaves)
+                dist = dist * (1 + prior(leaves)) if cfg.prior == "scale" else dist + prior(leaves)
             state["evals"] += 1
             value = float(dist.detach())
             state["last"] = value
