@@ -11,7 +11,9 @@ gradient (batch: counts, then optimised), in the victim's mode; the distance, wh
 Success criterion: every image of the batch, paired to its reference, has PSNR >= 30 dB and its label
 right. Batch norm on the batch's statistics cannot see the batch's brightness and contrast, so in train
 mode the PSNR is taken after the one least-squares map a*x + b for the whole batch
-(`vision_dlg.metrics.fit_brightness_contrast`); the raw PSNR is recorded too. Reported: L-BFGS steps
+(`vision_dlg.metrics.fit_brightness_contrast`); the raw PSNR is recorded too, and the progress lines print
+the batch's pixel mean and std, which the matching leaves free. There the attack's total-variation prior
+scales the distance instead of adding to it (`--prior`). Reported: L-BFGS steps
 (the paper's "iterations") and gradient evaluations at the first step where the criterion holds, beside
 the paper's 270/602/1173/2711.
 
@@ -87,8 +89,10 @@ def main() -> None:
                 psnr(x, truth.images[j]) for x, j in zip(step.images, pair_images(step.images, truth.images)))
             reached["last_min_raw_psnr"] = raw
             if step.record.step % args.progress_every == 0:
+                pixels = step.images        # the contrast and brightness the gradient cannot see
                 print(f"  batch {len(truth.images)} step {step.record.step}: worst image {worst:.2f} dB "
-                      f"(raw {raw:.2f}), {step.record.evaluations} evaluations, {step.record.elapsed:.0f}s", flush=True)
+                      f"(raw {raw:.2f}; pixels mean {float(pixels.mean()):.3f}, std {float(pixels.std()):.3f}), "
+                      f"{step.record.evaluations} evaluations, {step.record.elapsed:.0f}s", flush=True)
             if worst >= PSNR_BAR and all(s["label_correct"] for s in scores):
                 reached.update(steps=step.record.step, evaluations=step.record.evaluations,
                                seconds=step.record.elapsed)

@@ -44,11 +44,11 @@ LABEL_METHODS = ("analytic", "dlg")
 # 101 and a stall near 16 dB; LeNet batch 4 (benchmarks/bench_vision.py): mean 29.0 dB instead of 28.5 dB.
 BOXED_INIT_STD = 0.01
 BATCH_TV = 1e-3  # LeNet, 4 LFW faces at 32x32: 13 dB without, 29 dB with (boxed pixels, 300 L-BFGS steps)
-# contrast_sensitivity below this: the gradient is blind to the batch's contrast (measured: train-mode ResNet-20
-# 7e-4 to 1e-3; its eval mode and LeNet 0.6 and more). There the added prior shrinks the contrast along that
-# blind direction: a train-mode ResNet-20 batch of 8 at 16x16 went from pixel std 0.15 to 0.03 (mean 0.5 to 0.09)
-# and stalled at 28.7 dB. The default there scales the distance by (1 + SCALED_TV·TV) instead (``prior="scale"``),
-# a prior that fades as the gradients match.
+# contrast_sensitivity below this: the gradient is blind to the batch's contrast (benchmarks/bench_contrast.py:
+# train-mode ResNet-20 5.5e-4 to 1.1e-3; its eval mode and LeNet 0.62 to 2.1). There an added prior shrinks the
+# contrast along that blind direction: a train-mode ResNet-20 batch of 8 at 16x16 went from pixel std 0.15 to
+# 0.03 (mean 0.5 to 0.09) and stalled at 28.7 dB. The default there scales the distance by (1 + SCALED_TV·TV)
+# instead (``prior="scale"``), a prior that fades as the gradients match: restored at step 29.
 CONTRAST_BLIND = 1e-2
 SCALED_TV = 1.0
 

@@ -71,10 +71,11 @@ def contrast_sensitivity(model: nn.Module, image_shape: tuple[int, int, int], ba
     """How much the gradient sees a batch's contrast: ``|g(x/2) - g(x)| / |g(x') - g(x)|`` for random batches
     ``x``, ``x'`` in [0.25, 0.75] and random labels (L2 over every parameter's gradient).
 
-    Near 0 where batch norm on the batch's statistics follows a bias-free first layer (a train-mode ResNet:
-    measured 7e-4 to 1e-3 at 16x16 and 32x32, batches 1 to 8; its eval mode and LeNet: 0.6 to 4); the
-    attacker's prior must then not act on the contrast, which the matching cannot hold. Runs in the
-    victim's mode (:func:`victim_mode`); draws from its own generator, seeded with ``seed``."""
+    Near 0 where batch norm on the batch's statistics follows a bias-free first layer (a train-mode ResNet-20:
+    5.5e-4 to 1.1e-3 at 16x16 and 32x32, batches 1 to 8; its eval mode and LeNet: 0.62 to 2.1;
+    ``benchmarks/bench_contrast.py``): the attacker's prior must then not act on the contrast, which the
+    matching cannot hold. Runs in the victim's mode (:func:`victim_mode`); draws from its own generator,
+    seeded with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     x, other = (0.25 + 0.5 * torch.rand(2, batch_size, *image_shape, generator=generator)).unbind(0)
     labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
