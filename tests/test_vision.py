@@ -252,7 +252,8 @@ def test_the_default_prior_scales_the_distance_where_the_gradient_is_blind_to_th
     info = model_metadata(resnet, spec)
     assert prior(resnet, info, faces, True) == (SCALED_TV, "scale")
     assert prior(resnet, info, faces, False) == (BATCH_TV, "add")
-    assert prior(resnet, info, faces, True, tv=0.01) == (0.01, "add")                # explicit choices are kept
+    assert prior(resnet, info, faces, True, tv=0.01) == (0.01, "scale")               # explicit choices are kept
+    assert prior(resnet, info, faces, True, tv=0.01, prior="add") == (0.01, "add")
     assert prior(resnet, info, faces, True, prior="add") == (BATCH_TV, "add")
     assert prior(lenet, model_metadata(lenet, SMALL), torch.rand(2, 3, 16, 16), True) == (BATCH_TV, "add")
     with pytest.raises(ConfigError, match="prior"):

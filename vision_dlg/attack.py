@@ -13,8 +13,8 @@ prior (``tv``); without them a batch's matching settles on noise-like images who
 observed one (measured on LeNet: batch 2, 7 dB; with the box, 19 dB; batch 4 with the box and the prior,
 29 dB). Where the gradient cannot see the batch's contrast (batch norm on the batch's statistics,
 :func:`vision_dlg.victim.contrast_sensitivity`) an added prior shrinks it: there the prior scales the
-distance instead, and fades as the gradients match. The
-logits start near 0 (``init_std``), every pixel near 0.5 where the sigmoid is steepest.
+distance instead, and fades as the gradients match. The logits start near 0 (``init_std``), every pixel
+near 0.5 where the sigmoid is steepest.
 Options: cosine distance, clamping to [0, 1].
 """
 
@@ -121,12 +121,17 @@ class ImageAttackConfig:
         """The total-variation weight and how it enters the objective (``add`` or ``scale``) for a batch of
         ``batch_size`` (``contrast_blind``: the gradient does not see the batch's contrast,
         :func:`vision_dlg.victim.contrast_sensitivity`)."""
-        if self.tv is not None:
-            return self.tv, self.prior or "add"
-        if batch_size == 1:
-            return 0.0, self.prior or "add"
         form = self.prior or ("scale" if contrast_blind else "add")
+        if self.tv is not None:
+            return self.tv, form
+        if batch_size == 1:
+            return 0.0, form
         return (SCALED_TV if form == "scale" else BATCH_TV), form
+
+    def probes_contrast(self, batch_size: int) -> bool:
+        """Whether the attack must measure the gradient's contrast sensitivity to choose how the prior enters:
+        the form is not given and the prior's weight is not 0."""
+        return self.prior is None and (bool(self.tv) if self.tv is not None else batch_size > 1)
 
     def initial_std(self, box: bool) -> float:
         """The std of the initial pixels (``box``: pixel logits) this config gives."""
@@ -208,7 +213,7 @@ class ImageAttack:
             labels = infer_labels(observation.gradients, self.model, batch_size)
             exact = labels_are_exact(observation.gradients, self.model, batch_size)
         train = meta.get("mode") == "train"
-        blind = (self.config.tv is None and batch_size > 1
+        blind = (self.config.probes_contrast(batch_size)
                  and contrast_sensitivity(self.model, image_shape, batch_size, num_classes,
                                           train_mode=train) < CONTRAST_BLIND)
         if blind:

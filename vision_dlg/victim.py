@@ -65,7 +65,6 @@ def image_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return {n: g.detach().clone() for (n, _), g in zip(named, grads)}
 
 
-
 def contrast_sensitivity(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int, num_classes: int,
                          *, train_mode: bool, seed: int = 0) -> float:
     """How much the gradient sees a batch's contrast: ``|g(x/2) - g(x)| / |g(x') - g(x)|`` for random batches
@@ -85,6 +84,7 @@ def contrast_sensitivity(model: nn.Module, image_shape: tuple[int, int, int], ba
         return math.sqrt(sum(float((a[n] - b[n]).double().pow(2).sum()) for n in a))
 
     return gap(halved, base) / max(gap(moved, base), torch.finfo(torch.float64).tiny)
+
 
 def observation_metadata(model_info: dict[str, Any], *, batch_size: int, batch_index: int, train_mode: bool,
                          defense: Defense | None = None) -> dict[str, Any]:
