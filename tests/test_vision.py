@@ -229,7 +229,6 @@ def test_init_std_spreads_the_first_dummy_and_defaults_by_box(tmp_path, capsys):
     assert code == 2 and "init_std" in err and len(err.strip().splitlines()) == 1
 
 
-
 def test_the_default_prior_scales_the_distance_where_the_gradient_is_blind_to_the_batch_contrast():
     from vision_dlg.attack import BATCH_TV, CONTRAST_BLIND, SCALED_TV
     from vision_dlg.victim import contrast_sensitivity
@@ -248,16 +247,17 @@ def test_the_default_prior_scales_the_distance_where_the_gradient_is_blind_to_th
         assert recs[0].to_json()["tv"] == recs[0].tv and recs[0].to_json()["prior"] == recs[0].prior
         return recs[0].tv, recs[0].prior
 
-    faces = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    batch = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
     info = model_metadata(resnet, spec)
-    assert prior(resnet, info, faces, True) == (SCALED_TV, "scale")
-    assert prior(resnet, info, faces, False) == (BATCH_TV, "add")
-    assert prior(resnet, info, faces, True, tv=0.01) == (0.01, "scale")               # explicit choices are kept
-    assert prior(resnet, info, faces, True, tv=0.01, prior="add") == (0.01, "add")
-    assert prior(resnet, info, faces, True, prior="add") == (BATCH_TV, "add")
+    assert prior(resnet, info, batch, True) == (SCALED_TV, "scale")
+    assert prior(resnet, info, batch, False) == (BATCH_TV, "add")
+    assert prior(resnet, info, batch, True, tv=0.01) == (0.01, "scale")     # a given weight, the form still probed
+    assert prior(resnet, info, batch, True, tv=0.01, prior="add") == (0.01, "add")
+    assert prior(resnet, info, batch, True, prior="add") == (BATCH_TV, "add")
     assert prior(lenet, model_metadata(lenet, SMALL), torch.rand(2, 3, 16, 16), True) == (BATCH_TV, "add")
     with pytest.raises(ConfigError, match="prior"):
         ImageAttackConfig(prior="multiply")
+
 
 def test_a_real_photo_comes_back_from_a_small_lenet():
     image = skimage_photo("coffee", size=16)[None]
