@@ -2,7 +2,8 @@
 
 The engine knows nothing of text or images. A *plugin* says which model parameters are matched, how to
 draw dummy leaves (batch-first tensors), the task loss on dummy data, how to project after a step, and
-optionally a prior added to the objective (``regularizer``, e.g. total variation for images).
+optionally a prior on the leaves (``regularizer``, e.g. total variation for images), added to the distance
+or scaling it (``MatchingConfig.prior``).
 The engine owns the rest: dummy gradients by double backprop, the distance to the observation, the
 optimizer (L-BFGS as in the paper, or Adam), the paper's per-sample schedule for batches, restarts,
 the non-finite guard, best-candidate tracking, callbacks and Ctrl-C.
