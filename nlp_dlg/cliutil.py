@@ -9,8 +9,9 @@ import sys
 import time
 from collections.abc import Callable
 
-# the engine's DISTANCES, spelled out so that building a parser imports no torch (a test holds them equal)
+# the engine's DISTANCES and PRIORS, spelled out so that building a parser imports no torch (tests hold them equal)
 DISTANCE_CHOICES = ("l2", "cosine", "l2+l1", "layer-l2")
+PRIOR_CHOICES = ("add", "scale")
 NOISY = ("transformers", "datasets", "absl", "huggingface_hub", "filelock", "fsspec", "PIL")
 
 

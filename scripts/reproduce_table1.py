@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from nlp_dlg.engine import MatchingConfig
+from nlp_dlg.engine.matcher import PRIORS
 from vision_dlg import ImageAttack, ImageAttackConfig, VisionModelSpec, build_model, capture_images, model_metadata
 from vision_dlg.data import dataset_image
 from vision_dlg.metrics import pair_images, psnr, score_images
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--tv", type=float, default=None,
                     help="weight of the total-variation prior (default: the attack's: 0 for one image, else "
                          "vision_dlg.attack.BATCH_TV added or SCALED_TV scaling the distance)")
-    ap.add_argument("--prior", choices=["add", "scale"], default=None,
+    ap.add_argument("--prior", choices=PRIORS, default=None,
                     help="how the prior enters the objective (default: the attack's: scale where the gradient is "
                          "blind to the batch's contrast, as in train mode; else add)")
     ap.add_argument("--first-image", type=int, default=20, help="first lfw_subset index used (default: 20)")

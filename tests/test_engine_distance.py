@@ -47,8 +47,10 @@ def test_bad_arguments():
         gradient_distance(A, B[:1], "l2")
 
 
-def test_the_clis_offer_every_distance():
-    from nlp_dlg.cliutil import DISTANCE_CHOICES
+def test_the_clis_offer_every_distance_and_prior_form():
+    from nlp_dlg.cliutil import DISTANCE_CHOICES, PRIOR_CHOICES
     from nlp_dlg.engine.distance import DISTANCES
+    from nlp_dlg.engine.matcher import PRIORS
 
     assert DISTANCE_CHOICES == DISTANCES
+    assert PRIOR_CHOICES == PRIORS

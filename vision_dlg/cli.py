@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nlp_dlg import __version__
-from nlp_dlg.cliutil import DISTANCE_CHOICES, positive_int, run_command, setup_logging
+from nlp_dlg.cliutil import DISTANCE_CHOICES, PRIOR_CHOICES, positive_int, run_command, setup_logging
 
 logger = logging.getLogger("vision_dlg.cli")
 
@@ -70,7 +70,7 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--tv", type=float, default=None,
                    help="weight of a total-variation prior (default: 0 for one image; for a batch 1e-3 added to "
                         "the distance, or 1 scaling it, see --prior)")
-    a.add_argument("--prior", choices=["add", "scale"], default=None,
+    a.add_argument("--prior", choices=PRIOR_CHOICES, default=None,
                    help="how the prior enters the objective: added to the distance, or scaling it by (1 + prior), "
                         "which fades as the gradients match (default: scale where the gradient is blind to the "
                         "batch's contrast, as batch norm in train mode; else add)")

@@ -5,7 +5,8 @@ Leaves: ``images (B, C, S, S)``, drawn from a normal distribution (standard as i
 and, when the labels are not known, label logits ``(B, K)`` (DLG's soft labels: the loss is the
 cross-entropy against their softmax). With labels read off the gradient (iDLG, :mod:`vision_dlg.labels`)
 only the pixels are optimised. Every parameter's gradient is matched. Optional prior: total variation of
-the images (Inverting Gradients, Geiping et al. 2020), added to the objective with weight ``tv``.
+the images (Inverting Gradients, Geiping et al. 2020) with weight ``tv`` (``regularizer``; the engine adds it
+to the distance or scales the distance by it, ``MatchingConfig.prior``).
 """
 
 from __future__ import annotations
