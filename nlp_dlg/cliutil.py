@@ -1,18 +1,30 @@
-"""What ``nlp-dlg`` and ``vision-dlg`` share: argument types, logging set-up, and running a command so that
-library errors become one line on stderr and a non-zero exit (no traceback). Imports nothing heavy."""
+"""What ``nlp-dlg`` and ``vision-dlg`` share: every common option (defined once, its default and choices read from
+the configs), logging set-up, the capture and attack commands on the one pipeline, and running a command so that
+library errors become one line on stderr and a non-zero exit (no traceback). Building a parser imports no torch."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-# the engine's DISTANCES and PRIORS, spelled out so that building a parser imports no torch (tests hold them equal)
-DISTANCE_CHOICES = ("l2", "cosine", "l2+l1", "layer-l2")
-PRIOR_CHOICES = ("add", "scale")
+from nlp_dlg import __version__
+from nlp_dlg.engine.config import DEFAULT_LR, DISTANCES, OPTIMIZERS, SCHEDULES, MatchingConfig
+from nlp_dlg.engine.errors import ConfigError
+
 NOISY = ("transformers", "datasets", "absl", "huggingface_hub", "filelock", "fsspec", "PIL")
+DEVICE_HELP = ("auto | cpu | cuda | cuda:N | mps: where the model, the gradients and the attack live (default: auto, "
+               "a GPU when there is one)")
+DEFENSE_HELP = ("defence applied before the gradient leaves: gaussian:SIGMA, laplace:B, fp16, bf16, int8, prune:P, "
+                "dp:C,Z, joined by '+' (e.g. prune:0.2+gaussian:1e-3); recorded in the metadata")
+# the options of MatchingConfig the command lines expose, by their flag
+MATCHING_FLAGS = {"steps": "steps", "max_evals": "max_evaluations", "optimizer": "optimizer", "lr": "lr",
+                  "distance": "distance", "restarts": "restarts", "schedule": "schedule", "tolerance": "tolerance"}
 
 
 def positive_int(text: str) -> int:
@@ -26,12 +38,135 @@ def positive_int(text: str) -> int:
     return value
 
 
+def base_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:
+    """The top-level parser (``--version``, ``--quiet``) and its sub-command collection."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def add_capture_parser(sub: Any, what: str, add_victim: Callable[[argparse.ArgumentParser], None]) -> None:
+    """``capture``: the victim's options and ``--out DIR``."""
+    cap = sub.add_parser("capture", help=f"victim: compute gradients of private {what} into files",
+                         description="Write one gradient file per batch (batch-000.safetensors, ...): tensors named "
+                                     f"by parameter, JSON metadata; never the {what}, nor anything derived from them.")
+    add_victim(cap)
+    cap.add_argument("--seed", type=int, default=0, help="seed of the model init (random-init models; default: 0)")
+    cap.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the gradient files")
+
+
+def add_attack_parser(sub: Any, what: str, add_victim: Callable[[argparse.ArgumentParser], None],
+                      add_attack: Callable[[argparse.ArgumentParser], None]) -> None:
+    """``attack``: ``--gradients``, ``--out FILE``, the victim's options (for an in-process, scored run) and the
+    attack's."""
+    att = sub.add_parser("attack", help=f"attacker: reconstruct {what} from gradient files (or capture them here)",
+                         description=f"Reconstruct {what} from gradients. With --gradients only the files are used; "
+                                     "with private data given, both sides run here and the results are scored.")
+    att.add_argument("--gradients", type=Path, metavar="DIR_OR_FILE", help="gradient file or directory of them")
+    att.add_argument("--out", type=Path, required=True, metavar="FILE", help="results, one JSON line per item")
+    add_victim(att)
+    add_attack(att)
+
+
+def add_victim_options(group: argparse._ArgumentGroup) -> None:
+    """The victim options every task has."""
+    group.add_argument("--batch-size", type=positive_int, default=1, help="items per gradient (default: 1)")
+    group.add_argument("--train-mode", action="store_true",
+                       help="compute the gradient in train mode (dropout, batch statistics; default: eval)")
+    group.add_argument("--defense", metavar="SPEC", help=DEFENSE_HELP)
+    group.add_argument("--defense-seed", type=int, default=None, help="seed of the defence's noise (default: fresh)")
+    group.add_argument("--world-size", type=positive_int, default=1,
+                       help="run a real DDP step in W local processes (nccl where every rank has a GPU, else gloo, on "
+                            "loopback) and record the all-reduced gradient; --batch-size is the global batch, split "
+                            "evenly over the ranks (default: 1)")
+    group.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+
+
+def add_matching_options(group: argparse._ArgumentGroup, defaults: MatchingConfig) -> None:
+    """The engine's options, their defaults shown from ``defaults`` (a task's config); an option left out keeps
+    the config's value (:func:`matching_config`)."""
+    cap = defaults.max_evaluations
+    group.add_argument("--steps", type=positive_int, default=None,
+                       help=f"optimizer steps; one L-BFGS step runs up to {defaults.lbfgs_max_iter} gradient "
+                            f"evaluations (default: {defaults.steps})")
+    group.add_argument("--max-evals", type=positive_int, default=None,
+                       help=f"cap on gradient evaluations per batch (default: {cap if cap is not None else 'none'})")
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help=f"(default: {defaults.optimizer})")
+    group.add_argument("--lr", type=float, default=None,
+                       help=f"learning rate (default: {DEFAULT_LR['lbfgs']:g} for lbfgs, as the paper; "
+                            f"{DEFAULT_LR['adam']:g} for adam)")
+    group.add_argument("--distance", choices=DISTANCES, default=None,
+                       help=f"gradient distance (default: {defaults.distance}; the paper used l2)")
+    group.add_argument("--restarts", type=positive_int, default=None,
+                       help=f"random restarts, best kept (default: {defaults.restarts})")
+    group.add_argument("--schedule", choices=SCHEDULES, default=None,
+                       help="batches: update every sample each step, or sample (step mod B) as the paper "
+                            f"(default: {defaults.schedule})")
+    group.add_argument("--tolerance", type=float, default=None,
+                       help=f"stop once the gradient distance is at or below this (default: {defaults.tolerance:g})")
+
+
+def matching_config(args: argparse.Namespace, defaults: MatchingConfig) -> MatchingConfig:
+    """``defaults`` with the options given on the command line."""
+    given = {field: getattr(args, flag) for flag, field in MATCHING_FLAGS.items() if getattr(args, flag) is not None}
+    return dataclasses.replace(defaults, **given)
+
+
+def add_run_options(group: argparse._ArgumentGroup, log_every: int) -> None:
+    group.add_argument("--log-every", type=positive_int, default=log_every,
+                       help=f"report progress every N steps (default: {log_every})")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed of the model init (random-init models) and of the attack (default: 0)")
+
+
 def setup_logging(quiet: bool) -> None:
     """Progress (INFO) on stderr unless ``quiet``; third-party chatter silenced."""
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def has_private_data(args: argparse.Namespace, *names: str) -> bool:
+    return any(getattr(args, n, None) for n in names)
+
+
+def capture_command(args: argparse.Namespace, victim: Callable[[argparse.Namespace], tuple[Any, list]]) -> int:
+    """Run the victim and write one gradient file per batch."""
+    from nlp_dlg.engine.observation import write_observations
+
+    _, pairs = victim(args)
+    paths = write_observations([obs for obs, _ in pairs], args.out)
+    print(f"wrote {len(paths)} gradient file(s) to {args.out}")
+    return 0
+
+
+def attack_command(args: argparse.Namespace, make_task: Callable[..., Any],
+                   victim: Callable[[argparse.Namespace], tuple[dict[str, Any], list]],
+                   data_options: tuple[str, ...]) -> int:
+    """Attack the files of ``--gradients`` or, with private data given (``data_options``), capture here and attack
+    with scores (the task adopts the victim's model), on the one pipeline; print the summary; exit 130 when
+    interrupted. The attack's options and the device are checked before anything is built."""
+    from nlp_dlg.engine.device import resolve_device
+    from nlp_dlg.pipeline import run_attack
+
+    private = has_private_data(args, *(o.lstrip("-").replace("-", "_") for o in data_options))
+    if args.gradients is not None and private:
+        raise ConfigError("pass --gradients (attacker only) or private data (both sides here), not both")
+    if args.gradients is None and not private:
+        raise ConfigError(f"nothing to attack: pass --gradients DIR, or private data ({', '.join(data_options)})")
+    task = make_task(device=resolve_device(args.device))
+    if args.gradients is not None:
+        run = run_attack(task, gradients=args.gradients, out=args.out, seed=args.seed)
+    else:
+        adopted, pairs = victim(args)
+        task.adopt(**adopted)
+        run = run_attack(task, pairs=pairs, out=args.out, seed=args.seed)
+    if run.summary:
+        print(run.summary)
+    print(f"wrote {len(run.rows)} reconstruction(s) to {args.out}")
+    return 130 if run.interrupted else 0
 
 
 def run_command(prog: str, command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

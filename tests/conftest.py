@@ -57,3 +57,13 @@ def tiny_config_file(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(TINY))
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where torch sees CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch sees no GPU here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

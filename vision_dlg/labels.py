@@ -31,12 +31,12 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 
 
 def class_signal(gradients: Mapping[str, torch.Tensor], model: nn.Module) -> torch.Tensor:
-    """``(K,)``: the bias gradient of the classifier, or the row sums of its weight gradient."""
+    """``(K,)`` on the CPU: the bias gradient of the classifier, or the row sums of its weight gradient."""
     name, layer = last_linear(model)
     key = f"{name}.bias" if layer.bias is not None else f"{name}.weight"
     if key not in gradients:
         raise GradientMismatchError(f"the gradient lacks {key!r}: labels cannot be read off it")
-    g = gradients[key].double()
+    g = gradients[key].detach().double().cpu()  # K numbers: read on the CPU, whatever the device
     return g if g.ndim == 1 else g.sum(1)
 
 
@@ -47,7 +47,7 @@ def labels_are_exact(gradients: Mapping[str, torch.Tensor], model: nn.Module, ba
 
 
 def infer_labels(gradients: Mapping[str, torch.Tensor], model: nn.Module, batch_size: int) -> torch.Tensor:
-    """``(B,)`` labels, sorted (their order inside the batch is not in the gradient)."""
+    """``(B,)`` labels on the CPU, sorted (their order inside the batch is not in the gradient)."""
     g = class_signal(gradients, model)
     if batch_size == 1:
         return g.argmin().reshape(1)

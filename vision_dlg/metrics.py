@@ -51,7 +51,7 @@ def pair_images(reconstructed: torch.Tensor, references: torch.Tensor, *, fit: b
     """For each reconstruction, the index of its reference (Hungarian pairing on MSE; with ``fit``, on the
     MSE of the standardised images, which ignores brightness and contrast)."""
     prepare = _standardise if fit else (lambda x: x.flatten(1).double())
-    cost = torch.cdist(prepare(reconstructed), prepare(references)).pow(2).numpy()
+    cost = torch.cdist(prepare(reconstructed), prepare(references)).pow(2).cpu().numpy()
     rows, cols = linear_sum_assignment(cost)
     order = [0] * len(rows)
     for r, c in zip(rows, cols):
@@ -74,6 +74,8 @@ def score_images(reconstructed: torch.Tensor, labels: torch.Tensor, references: 
     """Per reconstruction (paired to its reference): ``mse``, ``psnr``, ``ssim``, ``label_correct``,
     ``reference_index``. ``fit``: pair on standardised images and score after
     :func:`fit_brightness_contrast` (for train-mode gradients, whose batch norm hides both)."""
+    reconstructed, labels, references, reference_labels = (t.detach().cpu() for t in (reconstructed, labels, references,
+                                                                                       reference_labels))
     order = pair_images(reconstructed, references, fit=fit)
     if fit:
         reconstructed = fit_brightness_contrast(reconstructed, references[order])

@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 from torch import nn
 
-from nlp_dlg.engine.errors import ConfigError, ModelMismatchError
+from nlp_dlg.engine.errors import ModelMismatchError
 from nlp_dlg.engine.observation import weights_checksum
+from vision_dlg.config import MODELS, RESNET_DEPTHS, VisionModelSpec
+
+__all__ = ["MODELS", "LeNet", "ResNet", "VisionModelSpec", "build_model", "model_from_metadata", "model_metadata"]
 
 logger = logging.getLogger(__name__)
 
-RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet56": 9}
-MODELS = ("lenet", *RESNET_DEPTHS)
 
 
 class LeNet(nn.Module):
@@ -80,27 +81,6 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.stages(self.stem(x)).mean((2, 3)))                  # (B, K)
-
-
-@dataclass(frozen=True)
-class VisionModelSpec:
-    """A named victim model: ``name`` in :data:`MODELS`, classes, input shape, init seed."""
-
-    name: str = "lenet"
-    num_classes: int = 100
-    channels: int = 3
-    image_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.name not in MODELS:
-            raise ConfigError(f"model: expected one of {', '.join(MODELS)}, got {self.name!r}")
-        for field_name in ("num_classes", "channels", "image_size"):
-            value = getattr(self, field_name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{field_name}: expected a positive integer, got {value!r}")
-        if self.num_classes < 2:
-            raise ConfigError(f"num_classes: expected at least 2, got {self.num_classes}")
 
 
 def build_model(spec: VisionModelSpec | None = None) -> nn.Module:

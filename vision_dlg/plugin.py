@@ -17,7 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nlp_dlg.engine.device import model_device, randn
+
 LABEL_PEAK = 5.0  # logit added to an estimated label when soft labels start from it
+
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of neighbouring pixels of ``images (B, C, H, W)``."""
@@ -62,16 +65,21 @@ class ImagePlugin:
         self.box = box
         self.init_std = float(init_std)
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.device = model_device(model)
+        if self.labels is not None:
+            self.labels = self.labels.to(self.device)
 
     def matched_parameters(self) -> Mapping[str, torch.Tensor]:
         return self._params
 
     def init_leaves(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        leaves = {"images": self.init_std * torch.randn(self.batch_size, *self.image_shape, generator=generator)}
+        # drawn on the CPU and moved: one seed gives the same start on every device
+        leaves = {"images": self.init_std * randn(self.batch_size, *self.image_shape, generator=generator,
+                                                  device=self.device)}
         if self.learn_labels:
-            logits = torch.randn(self.batch_size, self.num_classes, generator=generator)
+            logits = randn(self.batch_size, self.num_classes, generator=generator, device=self.device)
             if self.labels is not None:
-                logits = logits + LABEL_PEAK * torch.nn.functional.one_hot(self.labels, self.num_classes)
+                logits = logits + LABEL_PEAK * F.one_hot(self.labels, self.num_classes)
             leaves["labels"] = logits
         return leaves
 
@@ -92,7 +100,7 @@ class ImagePlugin:
 
     def regularizer(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         if self.tv == 0.0:
-            return torch.zeros(())
+            return torch.zeros((), device=self.device)
         # on the optimised leaves: the pixels, or with ``box`` their logits (smoothing the logits is the
         # stronger prior; measured on LeNet batch 4: 29 dB, against 20 dB with TV on the sigmoid pixels)
         return self.tv * total_variation(leaves["images"])

@@ -14,7 +14,7 @@ def to_pil(image: torch.Tensor, *, scale: int = 1):
     from PIL import Image
 
     x = image.detach().clamp(0, 1).mul(255).round().byte()
-    array = x.permute(1, 2, 0).numpy()
+    array = x.detach().cpu().permute(1, 2, 0).numpy()
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 

@@ -1,43 +1,23 @@
-"""The shared gradient-matching engine: torch and numpy only, never transformers."""
+"""The shared gradient-matching engine: torch and numpy only, never transformers.
 
-from nlp_dlg.engine.defense import Defense, dp_epsilon, parse_defense
-from nlp_dlg.engine.distance import DISTANCES, gradient_distance
-from nlp_dlg.engine.errors import (
-    ConfigError,
-    GradientFileError,
-    GradientMismatchError,
-    InputDataError,
-    MatchingDivergedError,
-    ModelMismatchError,
-    NlpDlgError,
-    NonFiniteGradientError,
-)
-from nlp_dlg.engine.matcher import (
-    OPTIMIZERS,
-    SCHEDULES,
-    GradientMatcher,
-    MatchingConfig,
-    MatchingPlugin,
-    MatchingResult,
-    StepRecord,
-)
-from nlp_dlg.engine.observation import (
-    FORMAT,
-    GradientObservation,
-    as_gradient,
-    find_gradient_files,
-    load_observation,
-    load_weights,
-    save_observation,
-    save_weights,
-    weights_checksum,
-)
+Names are imported on first use, so that ``nlp_dlg.engine.config`` and ``nlp_dlg.engine.errors`` (plain Python)
+can be read by a command line without importing torch.
+"""
 
-__all__ = [
-    "DISTANCES", "FORMAT", "OPTIMIZERS", "SCHEDULES", "ConfigError", "Defense", "GradientFileError",
-    "GradientMatcher", "GradientMismatchError", "GradientObservation", "InputDataError", "MatchingDivergedError",
-    "MatchingConfig", "MatchingPlugin", "MatchingResult", "ModelMismatchError", "NlpDlgError",
-    "NonFiniteGradientError", "StepRecord", "as_gradient", "find_gradient_files", "gradient_distance",
-    "dp_epsilon", "load_observation", "load_weights", "parse_defense", "save_observation", "save_weights",
-    "weights_checksum",
-]
+from __future__ import annotations
+
+from nlp_dlg.lazy import lazy_exports
+
+_EXPORTS = {
+    "nlp_dlg.engine.config": ("DEFAULT_LR", "DISTANCES", "OPTIMIZERS", "PRIORS", "SCHEDULES", "MatchingConfig"),
+    "nlp_dlg.engine.defense": ("Defense", "dp_epsilon", "parse_defense"),
+    "nlp_dlg.engine.device": ("DeviceError", "model_device", "resolve_device"),
+    "nlp_dlg.engine.distance": ("gradient_distance",),
+    "nlp_dlg.engine.errors": ("ConfigError", "GradientFileError", "GradientMismatchError", "InputDataError",
+                              "MatchingDivergedError", "ModelMismatchError", "NlpDlgError", "NonFiniteGradientError"),
+    "nlp_dlg.engine.matcher": ("GradientMatcher", "MatchingPlugin", "MatchingResult", "StepRecord"),
+    "nlp_dlg.engine.observation": ("FORMAT", "GradientObservation", "as_gradient", "find_gradient_files",
+                                   "load_observation", "load_weights", "read_metadata", "save_observation",
+                                   "save_weights", "weights_checksum", "write_observations"),
+}
+__all__, __getattr__, __dir__ = lazy_exports("nlp_dlg.engine", _EXPORTS)

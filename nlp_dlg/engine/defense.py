@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nlp_dlg.engine.device import rand, randn
 from nlp_dlg.engine.errors import ConfigError
 
 FORMS = ("gaussian:SIGMA", "laplace:B", "fp16", "bf16", "int8", "prune:P", "dp:C,Z")
@@ -130,12 +131,13 @@ def parse_defense(spec: str | None) -> Defense | None:
 
 def _apply_one(t: Transform, g: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if t.kind == "gaussian":
-        return g + t.params[0] * torch.randn(g.shape, generator=generator)
+        return g + t.params[0] * randn(*g.shape, generator=generator, device=g.device)
     if t.kind == "laplace":
         # float64: in float32 a draw of exactly 0 (one in 2^24, a few per BERT-base gradient) becomes u = −0.5
         # after the clamp, and log1p(−1) = −inf
-        u = torch.rand(g.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
-        return g - (t.params[0] * u.sign() * torch.log1p(-2 * u.abs())).to(g.dtype)   # inverse CDF
+        u = rand(*g.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12) - 0.5
+        noise = t.params[0] * u.sign() * torch.log1p(-2 * u.abs())                  # the inverse CDF
+        return g - noise.to(device=g.device, dtype=g.dtype)
     if t.kind == "fp16":
         return g.half().float()
     if t.kind == "bf16":
@@ -167,7 +169,7 @@ def _dp_sgd(per_example: Sequence[Mapping[str, torch.Tensor]], clip: float, z: f
         for n in names:
             total[n] += grads[n].float() * factor
     b = len(per_example)
-    return {n: (t + z * clip * torch.randn(t.shape, generator=generator)) / b for n, t in total.items()}
+    return {n: (t + z * clip * randn(*t.shape, generator=generator, device=t.device)) / b for n, t in total.items()}
 
 
 def dp_epsilon(noise_multiplier: float, *, sample_rate: float, steps: int, delta: float = 1e-5) -> float:

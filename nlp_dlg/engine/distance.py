@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
+from nlp_dlg.engine.config import DISTANCES
 from nlp_dlg.engine.errors import ConfigError
 
-DISTANCES = ("l2", "cosine", "l2+l1", "layer-l2")
+__all__ = ["DISTANCES", "gradient_distance"]
 
 
 def gradient_distance(

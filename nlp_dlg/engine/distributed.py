@@ -6,8 +6,9 @@ bucket, mapped back to parameter names. Any rank of the all-reduce (and any serv
 sees exactly this: the mean of the ranks' gradients, i.e. the gradient of the whole global batch, never
 a single rank's.
 
-:func:`run_ranks` starts ``world_size`` local processes on the gloo backend over loopback (a free port is
-chosen), runs ``worker(rank, world_size, payload)`` in each and returns rank 0's result. Processes are
+:func:`run_ranks` starts ``world_size`` local processes over loopback (a free port is chosen; nccl where every
+rank has a GPU, gloo otherwise), runs ``worker(rank, world_size, payload, device)`` in each and returns rank 0's
+result. Processes are
 always ended, also on error or Ctrl-C; a rank's failure surfaces as one :class:`DistributedError`.
 """
 
@@ -79,10 +80,22 @@ class AllReduceRecorder:
         return fut.then(record)
 
 
-def ddp_metadata(world_size: int, batch_size: int) -> dict[str, Any]:
+def ddp_metadata(world_size: int, batch_size: int, backend: str = "gloo") -> dict[str, Any]:
     """The ``distributed`` entry of a gradient file recorded from a DDP all-reduce."""
-    return {"world_size": world_size, "backend": "gloo", "aggregation": "all-reduce mean",
+    return {"world_size": world_size, "backend": backend, "aggregation": "all-reduce mean",
             "per_rank_batch": batch_size // world_size}
+
+
+def backend_for(device: str, world_size: int) -> str:
+    """``nccl`` when the ranks run on CUDA and every rank has a GPU of its own, else ``gloo``."""
+    if torch.device(device).type == "cuda" and torch.cuda.device_count() >= world_size and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+def rank_device(device: str, rank: int, backend: str) -> torch.device:
+    """Rank ``rank``'s device: its own GPU under nccl, else ``device`` itself (the CPU, or one shared GPU)."""
+    return torch.device("cuda", rank) if backend == "nccl" else torch.device(device)
 
 
 def free_port() -> int:
@@ -92,13 +105,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _entry(rank: int, world_size: int, port: int, worker: Callable, payload: Any, results: Any, collected: Any) -> None:
+def _entry(rank: int, world_size: int, port: int, worker: Callable, payload: Any, results: Any, collected: Any,
+           device: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world_size)
+        backend = backend_for(device, world_size)
+        here = rank_device(device, rank, backend)
+        if here.type == "cuda":
+            torch.cuda.set_device(here)
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
         try:
-            out = worker(rank, world_size, payload)
+            out = worker(rank, world_size, payload, here)
         finally:
             dist.destroy_process_group()
         results.put((rank, "ok", out if rank == 0 else None))
@@ -109,8 +127,11 @@ def _entry(rank: int, world_size: int, port: int, worker: Callable, payload: Any
     collected.wait(timeout=60)
 
 
-def run_ranks(worker: Callable[[int, int, Any], Any], world_size: int, payload: Any, *, timeout: float = 600) -> Any:
-    """Run ``worker(rank, world_size, payload)`` in ``world_size`` gloo processes; return rank 0's result.
+def run_ranks(worker: Callable[[int, int, Any, torch.device], Any], world_size: int, payload: Any, *,
+              device: str = "cpu", timeout: float = 600) -> Any:
+    """Run ``worker(rank, world_size, payload, rank_device)`` in ``world_size`` processes (nccl where every rank
+    has a GPU of ``device``'s kind, else gloo: :func:`backend_for`); return rank 0's result, which must hold CPU
+    tensors.
 
     ``worker`` and ``payload`` must be picklable (a module-level function, plain data). Raises
     :class:`DistributedError` when a rank fails or does not answer within ``timeout`` seconds.
@@ -120,7 +141,8 @@ def run_ranks(worker: Callable[[int, int, Any], Any], world_size: int, payload: 
     ctx = mp.get_context("spawn")
     results, collected = ctx.Queue(), ctx.Event()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world_size, port, worker, payload, results, collected), daemon=True)
+    procs = [ctx.Process(target=_entry, args=(r, world_size, port, worker, payload, results, collected, str(device)),
+                         daemon=True)
              for r in range(world_size)]
     try:
         for p in procs:

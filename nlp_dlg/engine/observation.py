@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -53,6 +53,13 @@ class GradientObservation:
                 raise TypeError(f"gradient {name!r}: expected a torch.Tensor, got {type(tensor).__name__}")
         object.__setattr__(self, "gradients", MappingProxyType(dict(self.gradients)))
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+    def to(self, device: torch.device | str) -> GradientObservation:
+        """The same observation with its tensors on ``device`` (itself when they are already there)."""
+        device = torch.device(device)
+        if all(t.device == device for t in self.gradients.values()):
+            return self
+        return GradientObservation({n: t.to(device) for n, t in self.gradients.items()}, self.metadata)
 
     def check_finite(self) -> None:
         """Raise :class:`NonFiniteGradientError` naming the first tensor with NaN/Inf."""
@@ -158,6 +165,35 @@ def load_observation(path: str | Path, *, check_finite: bool = True) -> Gradient
         except NonFiniteGradientError as exc:
             raise NonFiniteGradientError(f"{path}: {exc}") from None
     return observation
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON metadata of a gradient file, without reading its tensors (cheap, for checking a folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GradientFileError(f"{path}: no such file")
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+    if header.get("format") != FORMAT:
+        raise GradientFileError(f"{path}: not an nlp_dlg gradient file (expected format {FORMAT!r}, "
+                                f"got {header.get('format')!r})")
+    try:
+        metadata = json.loads(header.get("metadata", "{}"))
+    except json.JSONDecodeError as exc:
+        raise GradientFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise GradientFileError(f"{path}: metadata: expected a JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+def write_observations(observations: Iterable[GradientObservation], out_dir: str | Path) -> list[Path]:
+    """Write ``batch-000.safetensors``, ``batch-001.safetensors``, … in order (any modality)."""
+    out_dir = Path(out_dir)
+    return [save_observation(obs, out_dir / f"batch-{i:03d}.safetensors") for i, obs in enumerate(observations)]
 
 
 def find_gradient_files(path: str | Path) -> list[Path]:

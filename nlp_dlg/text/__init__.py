@@ -1,31 +1,28 @@
 """The text plugin: BERT masked-LM victim simulation, DLG attack, decoding and metrics.
 
+Names are imported on first use, so that ``nlp_dlg.text.config`` (the options, plain Python) can be read by a
+command line without importing torch or transformers.
+
 Example:
     >>> from nlp_dlg.text import ModelSpec, load_masked_lm, load_tokenizer, model_metadata
     >>> from nlp_dlg.text import capture_gradients, MaskedLMAttack  # doctest: +SKIP
 """
 
-from nlp_dlg.text.attack import METHODS, MaskedLMAttack, Reconstruction, TextAttackConfig, TextStep, decode_text
-from nlp_dlg.text.data import read_sentences
-from nlp_dlg.text.metrics import pair_batch, rouge, score_batch, summarize, token_accuracy
-from nlp_dlg.text.model import (
-    ModelSpec,
-    check_vocab,
-    load_masked_lm,
-    load_model_weights,
-    load_tokenizer,
-    model_from_metadata,
-    model_metadata,
-    weights_checksum,
-)
-from nlp_dlg.text.plugin import MaskedLMPlugin
-from nlp_dlg.text.priors import MaskedLMPriors, infer_priors
-from nlp_dlg.text.victim import CaptureConfig, VictimBatch, capture_gradients, mask_tokens, write_observations
+from __future__ import annotations
 
-__all__ = [
-    "METHODS", "CaptureConfig", "MaskedLMAttack", "MaskedLMPlugin", "MaskedLMPriors", "ModelSpec",
-    "Reconstruction", "TextAttackConfig", "TextStep", "VictimBatch", "capture_gradients", "check_vocab", "decode_text",
-    "infer_priors", "load_masked_lm", "load_model_weights", "load_tokenizer", "mask_tokens", "model_from_metadata",
-    "model_metadata", "pair_batch", "read_sentences", "rouge", "score_batch", "summarize",
-    "token_accuracy", "weights_checksum", "write_observations",
-]
+from nlp_dlg.lazy import lazy_exports
+
+_EXPORTS = {
+    "nlp_dlg.text.attack": ("MaskedLMAttack", "Reconstruction", "TextStep"),
+    "nlp_dlg.text.config": ("METHODS", "CaptureConfig", "TextAttackConfig"),
+    "nlp_dlg.text.data": ("read_sentences",),
+    "nlp_dlg.text.metrics": ("pair_batch", "rouge", "score_batch", "summarize", "token_accuracy"),
+    "nlp_dlg.text.model": ("ModelSpec", "check_vocab", "load_masked_lm", "load_model_weights", "load_tokenizer",
+                           "model_from_metadata", "model_metadata", "weights_checksum"),
+    "nlp_dlg.text.plugin": ("MaskedLMPlugin",),
+    "nlp_dlg.text.priors": ("MaskedLMPriors", "infer_priors"),
+    "nlp_dlg.text.runner": ("MaskedLMTask", "format_summary"),
+    "nlp_dlg.text.task": ("TASK", "decode_text", "masked_lm_gradient"),
+    "nlp_dlg.text.victim": ("VictimBatch", "capture_gradients", "mask_tokens"),
+}
+__all__, __getattr__, __dir__ = lazy_exports("nlp_dlg.text", _EXPORTS)

@@ -34,6 +34,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import BertForMaskedLM
 
+from nlp_dlg.engine.device import randint, randn
 from nlp_dlg.engine.errors import GradientMismatchError
 from nlp_dlg.text.priors import MaskedLMPriors, parameter_name
 
@@ -69,7 +70,7 @@ class Span:
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """``‖x − P x‖ / ‖x‖`` per row of ``x (…, H)``: 0 inside the span, ~1 far from it."""
-        x = x.double()
+        x = x.to(self.basis.device).double()
         inside = (x @ self.basis) @ self.basis.T
         return (x - inside).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-30)
 
@@ -153,7 +154,8 @@ def nearest_tokens(model: BertForMaskedLM, span: Span, token_ids: torch.Tensor, 
                          for i in range(0, len(token_ids), chunk)])
         two = res.topk(min(2, len(res)), largest=False)
         best.append(token_ids[two.indices[0]])
-        margin.append(two.values[-1] / two.values[0].clamp_min(1e-30) if len(res) > 1 else torch.tensor(float("inf")))
+        margin.append(two.values[-1] / two.values[0].clamp_min(1e-30) if len(res) > 1
+                      else torch.tensor(float("inf"), device=res.device))
     return torch.stack(best), torch.stack(margin).double()
 
 
@@ -169,7 +171,7 @@ class _FirstLayer:
     def inputs(self, ids: torch.Tensor) -> torch.Tensor:
         """First-layer inputs of one unpadded sequence ``ids (L,)``: ``(L, H)``."""
         word = self.model.bert.embeddings.word_embeddings.weight[ids]
-        return embedding_output(self.model, word, torch.arange(len(ids)))
+        return embedding_output(self.model, word, torch.arange(len(ids), device=word.device))
 
     def _after_attention(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         lay = self.layer
@@ -178,7 +180,7 @@ class _FirstLayer:
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         """Layer output for the whole sequence ``x (L, H)``."""
-        return self.substituted(x, torch.arange(len(x)), x)
+        return self.substituted(x, torch.arange(len(x), device=x.device), x)
 
     def full_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Layer outputs for sequences ``x (S, L, H)`` of one length (differentiable in ``x``)."""
@@ -201,10 +203,11 @@ class _FirstLayer:
         keys, values = att.key(x).view(length, nh, hd), att.value(x).view(length, nh, hd)
         scores = torch.einsum("nhd,shd->nhs", q, keys)                                  # (N, nh, L)
         own = (q * k_opt).sum(-1)                                                        # (N, nh)
-        scores[torch.arange(n), :, positions] = own
+        rows = torch.arange(n, device=options.device)
+        scores[rows, :, positions] = own
         weights = (scores / math.sqrt(hd)).softmax(-1)
         context = torch.einsum("nhs,shd->nhd", weights, values)
-        w_own = weights[torch.arange(n), :, positions].unsqueeze(-1)                     # (N, nh, 1)
+        w_own = weights[rows, :, positions].unsqueeze(-1)                                # (N, nh, 1)
         context = context + w_own * (v_opt - values[positions])
         return self._after_attention(context.reshape(n, nh * hd), options)
 
@@ -262,20 +265,19 @@ def pair_filter(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.
     if sum(len(c) for c in candidates) == 0:
         return list(candidates)
     pool = torch.cat(list(candidates))             # a position with no candidate borrows any token as context
-    flat_pos = torch.cat([torch.full((len(c),), p) for p, c in enumerate(candidates)])
+    flat_pos = _flat_positions(candidates)
     with torch.no_grad():
         flat_inputs = torch.cat([first_layer_inputs(model, c, p) for p, c in enumerate(candidates)])
         residuals = []
         for _ in range(contexts):
-            context = torch.stack([(c if len(c) else pool)[torch.randint(len(c) or len(pool), (1,),
-                                                                         generator=generator)][0]
-                                   for c in candidates])
+            context = torch.stack([(c if len(c) else pool)[randint(len(c) or len(pool), 1, generator=generator,
+                                                                   device=pool.device)][0] for c in candidates])
             residuals.append(span2.residual(first.substituted(first.inputs(context), flat_pos, flat_inputs)))
     res = torch.stack(residuals)                   # (contexts, N)
     kept, cut, open_positions = [], 0, 0
     for p in range(length):
         r = res[:, flat_pos == p]                  # (contexts, n_p)
-        keep = torch.zeros(r.shape[1], dtype=torch.bool)
+        keep = torch.zeros(r.shape[1], dtype=torch.bool, device=r.device)
         for row in r:
             ordered, order = row.sort()
             k = len(ordered)                       # no more candidates than sentences: all may be right
@@ -306,7 +308,7 @@ def _relaxed_starts(first: _FirstLayer, span2: Span, options: Sequence[torch.Ten
     model = first.model
     xs = [first_layer_inputs(model, c, p) for p, c in enumerate(options)]                  # per position (n_p, H)
     basis = span2.basis.float()
-    logits = [torch.randn(starts, len(c), generator=generator).requires_grad_(True) for c in options]
+    logits = [randn(starts, len(c), generator=generator, device=basis.device).requires_grad_(True) for c in options]
     fixed = [p for p, c in enumerate(options) if len(c) == 1]
     hits = [torch.stack([(c == s[p]).float() for s in avoid]) if avoid else None for p, c in enumerate(options)]
     optimizer = torch.optim.Adam(logits, lr=0.1)
@@ -344,6 +346,133 @@ def length_counts(lengths: Sequence[int], batch_size: int, tokens: int) -> dict[
     return {n: 1 + fits[0].count(n) for n in lengths}
 
 
+def _flat_positions(options: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The position of every option of ``options`` (one tensor of token ids per position), flattened."""
+    device = options[0].device if len(options) else None
+    return torch.cat([torch.full((len(c),), p, device=device) for p, c in enumerate(options)])
+
+
+def _kept_candidates(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int,
+                     generator: torch.Generator) -> list[torch.Tensor]:
+    """The candidates per position that the search starts from: after :func:`pair_filter` where the first-layer
+    test leaves more than ``SELECTIVE_FRACTION`` of the batch's tokens per position, else as they are."""
+    pool = len(torch.unique(torch.cat(list(candidates)))) if any(len(c) for c in candidates) else 0
+    if sum(len(c) for c in candidates) <= SELECTIVE_FRACTION * pool * len(candidates):
+        # a trained embedding LayerNorm makes the first-layer test selective by itself (the pretrained
+        # MiniLM: 3 of 29 tokens per position in a batch of 2), and the pair filter's jump is not reliable there
+        logger.debug("first-layer candidates already selective (%s of %d tokens): no pair filter",
+                     [len(k) for k in candidates], pool)
+        return list(candidates)
+    with torch.enable_grad():
+        kept = pair_filter(model, span2, candidates, batch_size, generator=generator)
+    logger.debug("pair filter: tokens per position %s", [len(k) for k in kept])
+    return kept
+
+
+class _SentenceSearch:
+    """The state of :func:`assemble_batch`'s search: per length its options, the sentences found (certified),
+    the best failures, and how many rounds in a row found nothing."""
+
+    def __init__(self, model: BertForMaskedLM, span2: Span, kept: Sequence[torch.Tensor], batch_size: int, *,
+                 cls_id: int, sep_id: int, generator: torch.Generator, starts: int, max_sweeps: int) -> None:
+        self.first, self.span2, self.batch_size = _FirstLayer(model), span2, batch_size
+        self.generator, self.starts, self.max_sweeps = generator, starts, max_sweeps
+        self.found: dict[tuple[int, ...], AssembledSentence] = {}
+        self.failures: list[AssembledSentence] = []
+        device = kept[0].device
+        # the lengths are where [SEP] is kept (longest first); each gets its options per position
+        lengths = [p + 1 for p in range(len(kept) - 1, 1, -1)
+                   if bool((kept[p] == sep_id).any()) and bool((kept[0] == cls_id).any())]
+        self.searches: dict[int, tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]] = {}
+        for length in lengths:
+            options = ([torch.tensor([cls_id], device=device)] + [k[k != sep_id] for k in kept[1:length - 1]]
+                       + [torch.tensor([sep_id], device=device)])
+            if all(len(o) for o in options):
+                flat_inputs = torch.cat([first_layer_inputs(model, c, p) for p, c in enumerate(options)])
+                self.searches[length] = (options, (_flat_positions(options), torch.cat(options), flat_inputs))
+        self.fruitless = dict.fromkeys(self.searches, 0)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.found) >= self.batch_size
+
+    def count(self, length: int) -> int:
+        return sum(len(s) == length for s in self.found)
+
+    def _options(self, length: int) -> list[torch.Tensor]:
+        """The options at ``length``; after a fruitless round, the tokens no found sentence has at each position
+        (a token two sentences share there is still reachable by the descent, which sees every option)."""
+        options = self.searches[length][0]
+        if not self.fruitless[length] % 2:
+            return options
+        device = options[0].device
+        used = [torch.tensor(sorted({s[p] for s in self.found if p < len(s) - 1}), dtype=torch.long, device=device)
+                for p in range(length)]
+        return [o if p in (0, length - 1) or not bool((~torch.isin(o, u)).any()) else o[~torch.isin(o, u)]
+                for p, (o, u) in enumerate(zip(options, used))]
+
+    def round(self, length: int) -> int:
+        """Relaxed starts at ``length``, each polished by :func:`_descend`; returns the new certified sentences."""
+        device = self.searches[length][0][0].device
+        avoid = [torch.tensor(s, device=device) for s in self.found if len(s) == length]
+        with torch.enable_grad():
+            begun = _relaxed_starts(self.first, self.span2, self._options(length), avoid, self.starts,
+                                    self.generator)
+        new = 0
+        with torch.no_grad():
+            for start in begun:
+                ids = _descend(self.first, self.span2, start, *self.searches[length][1], self.max_sweeps)
+                residual = float(self.span2.residual(self.first.full(self.first.inputs(ids))).mean())
+                sentence = AssembledSentence(tuple(ids.tolist()), residual)
+                if sentence.token_ids in self.found or self.complete:
+                    continue
+                if sentence.certified:
+                    self.found[sentence.token_ids] = sentence
+                    new += 1
+                    logger.debug("assembled a certified sentence of %d tokens (residual %.2g)", length, residual)
+                elif all(f.token_ids != sentence.token_ids for f in self.failures):
+                    self.failures.append(sentence)
+        self.fruitless[length] = 0 if new else self.fruitless[length] + 1
+        return new
+
+    def by_quota(self, quota: dict[int, int], max_fruitless: int) -> None:
+        """Rounds at each length until its count is found (a sentence found at one length takes its tokens out of
+        the others' starts: the short lengths are tried again while any round yields)."""
+        logger.debug("sentences per length (from the second span's rank %d): %s", self.span2.rank, quota)
+        while True:
+            progress = False
+            for length in quota:
+                while self.count(length) < quota[length] and self.fruitless[length] < max_fruitless + 1:
+                    progress = self.round(length) > 0 or progress
+            short = [n for n in quota if self.count(n) < quota[n]]
+            if not progress or not short:
+                return
+            self.fruitless.update(dict.fromkeys(short, 0))
+
+    def while_yielding(self) -> None:
+        """Each length (longest first) again while its rounds find new sentences."""
+        for length in self.searches:
+            while not self.complete and self.fruitless[length] == 0 and self.round(length):
+                pass
+
+    def retry(self, max_fruitless: int) -> None:
+        """While sentences are missing: lengths with no sentence yet first (each holds at least one), until every
+        length had ``max_fruitless`` rounds in a row without a new sentence."""
+        while not self.complete:
+            open_lengths = [n for n in self.searches if self.fruitless[n] < max_fruitless]
+            if not open_lengths:
+                return
+            have = {len(s) for s in self.found}
+            self.round(min(open_lengths, key=lambda n: (n in have, -n)))
+
+    def result(self) -> list[AssembledSentence]:
+        found = list(self.found.values())[:self.batch_size]
+        if len(found) < self.batch_size:
+            logger.warning("certified %d of %d sentence(s) from the attention spans", len(found), self.batch_size)
+            found += sorted(self.failures, key=lambda s: s.residual)[: self.batch_size - len(found)]
+        return found
+
+
 def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int, *,
                    cls_id: int, sep_id: int, generator: torch.Generator, starts: int = 8,
                    max_sweeps: int = 12, max_fruitless: int = 3) -> list[AssembledSentence]:
@@ -359,90 +488,15 @@ def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[tor
     ``max_fruitless`` rounds in a row without a new sentence. Returns the certified sentences, then, if
     fewer than ``batch_size`` were certified, the best uncertified ones.
     """
-    first = _FirstLayer(model)
-    pool = len(torch.unique(torch.cat(list(candidates)))) if any(len(c) for c in candidates) else 0
-    if sum(len(c) for c in candidates) > SELECTIVE_FRACTION * pool * len(candidates):
-        with torch.enable_grad():
-            kept = pair_filter(model, span2, candidates, batch_size, generator=generator)
-        logger.debug("pair filter: tokens per position %s", [len(k) for k in kept])
-    else:
-        # a trained embedding LayerNorm makes the first-layer test selective by itself (the pretrained
-        # MiniLM: 3 of 29 tokens per position in a batch of 2), and the pair filter's jump is not reliable there
-        kept = list(candidates)
-        logger.debug("first-layer candidates already selective (%s of %d tokens): no pair filter",
-                     [len(k) for k in kept], pool)
-    lengths = [p + 1 for p in range(len(kept) - 1, 1, -1)
-               if bool((kept[p] == sep_id).any()) and bool((kept[0] == cls_id).any())]
-    found: dict[tuple[int, ...], AssembledSentence] = {}
-    failures: list[AssembledSentence] = []
-    fruitless = dict.fromkeys(lengths, 0)
-    searches = {}
-    for length in lengths:
-        options = [torch.tensor([cls_id])] + [k[k != sep_id] for k in kept[1:length - 1]] + [torch.tensor([sep_id])]
-        if all(len(o) for o in options):
-            searches[length] = (options, (torch.cat([torch.full((len(c),), p) for p, c in enumerate(options)]),
-                                          torch.cat(options),
-                                          torch.cat([first_layer_inputs(model, c, p) for p, c in enumerate(options)])))
-
-    def one_round(length: int) -> int:
-        options, flat = searches[length]
-        avoid = [torch.tensor(s) for s in found if len(s) == length]
-        if fruitless[length] % 2:
-            # after a fruitless round: start from the tokens no found sentence has at each position (a
-            # token two sentences share there is still reachable by the descent, which sees every option)
-            used = [torch.tensor(sorted({s[p] for s in found if p < len(s) - 1})) for p in range(length)]
-            options = [o if p in (0, length - 1) or not bool((~torch.isin(o, u)).any()) else o[~torch.isin(o, u)]
-                       for p, (o, u) in enumerate(zip(options, used))]
-        with torch.enable_grad():
-            begun = _relaxed_starts(first, span2, options, avoid, starts, generator)
-        new = 0
-        with torch.no_grad():
-            for start in begun:
-                ids = _descend(first, span2, start, *flat, max_sweeps)
-                residual = float(span2.residual(first.full(first.inputs(ids))).mean())
-                sentence = AssembledSentence(tuple(ids.tolist()), residual)
-                if sentence.token_ids in found or len(found) >= batch_size:
-                    continue
-                if sentence.certified:
-                    found[sentence.token_ids] = sentence
-                    new += 1
-                    logger.debug("assembled a certified sentence of %d tokens (residual %.2g)", length, residual)
-                elif all(f.token_ids != sentence.token_ids for f in failures):
-                    failures.append(sentence)
-        fruitless[length] = 0 if new else fruitless[length] + 1
-        return new
-
-    quota = length_counts(list(searches), batch_size, span2.rank)
-    if quota is not None:                                 # each length until its count is found
-        logger.debug("sentences per length (from the second span's rank %d): %s", span2.rank, quota)
-
-        def short(length: int) -> bool:
-            return sum(len(s) == length for s in found) < quota[length]
-
-        progress = True
-        while progress:
-            progress = False
-            for length in quota:
-                while short(length) and fruitless[length] < max_fruitless + 1:
-                    progress = one_round(length) > 0 or progress
-            # a sentence found at one length takes its tokens out of the others' starts: try those again
-            if not progress or not any(short(n) for n in quota):
-                break
-            fruitless.update({n: 0 for n in quota if short(n)})
-    for length in searches:                               # otherwise each length while it yields
-        while len(found) < batch_size and fruitless[length] == 0 and one_round(length):
-            pass
-    while len(found) < batch_size:                        # then retry, lengths with no sentence first
-        open_lengths = [n for n in searches if fruitless[n] < max_fruitless]
-        if not open_lengths:
-            break
-        have = {len(s) for s in found}
-        one_round(min(open_lengths, key=lambda n: (n in have, -n)))
-    result = list(found.values())[:batch_size]
-    if len(result) < batch_size:
-        logger.warning("certified %d of %d sentence(s) from the attention spans", len(result), batch_size)
-        result += sorted(failures, key=lambda s: s.residual)[: batch_size - len(result)]
-    return result
+    kept = _kept_candidates(model, span2, candidates, batch_size, generator)
+    search = _SentenceSearch(model, span2, kept, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
+                             starts=starts, max_sweeps=max_sweeps)
+    quota = length_counts(list(search.searches), batch_size, span2.rank)
+    if quota is not None:
+        search.by_quota(quota, max_fruitless)
+    search.while_yielding()
+    search.retry(max_fruitless)
+    return search.result()
 
 
 def place_labels(model: BertForMaskedLM, gradients: Mapping[str, torch.Tensor], input_ids: torch.Tensor,
@@ -513,12 +567,13 @@ def _assign_words(misfit: torch.Tensor, labelled: torch.Tensor, priors: MaskedLM
     """Labels ``(B, T)`` from the misfit ``(M, L)`` of each label word at each labelled live position: each
     occurrence of a word labels one position (Hungarian over positions × occurrences); and the mean misfit."""
     words = priors.label_ids
-    occ = torch.arange(len(words)).repeat_interleave(priors.label_counts)                 # (M',)
-    cost = misfit[:, occ].numpy()
+    device = input_ids.device
+    occ = torch.arange(len(words), device=words.device).repeat_interleave(priors.label_counts)  # (M',)
+    cost = misfit[:, occ].cpu().numpy()
     rows, cols = linear_sum_assignment(cost)
-    flat = torch.full((int(live.sum()),), -100, dtype=torch.long)
-    flat[labelled[torch.as_tensor(rows)]] = words[occ[torch.as_tensor(cols)]]
-    labels = torch.full(input_ids.shape, -100, dtype=torch.long)
+    flat = torch.full((int(live.sum()),), -100, dtype=torch.long, device=device)
+    flat[labelled[torch.as_tensor(rows, device=labelled.device)]] = words[occ[torch.as_tensor(cols, device=occ.device)]]
+    labels = torch.full(input_ids.shape, -100, dtype=torch.long, device=device)
     labels.view(-1)[live.nonzero().flatten()] = flat
     return labels, float(cost[rows, cols].mean()) if len(rows) else float("inf")
 

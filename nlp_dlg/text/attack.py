@@ -23,15 +23,16 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from transformers import BertForMaskedLM, PreTrainedTokenizerBase
 
+from nlp_dlg.engine.device import model_device
 from nlp_dlg.engine.distance import gradient_distance
 from nlp_dlg.engine.errors import ConfigError
-from nlp_dlg.engine.matcher import GradientMatcher, MatchingConfig, StepRecord
+from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
 from nlp_dlg.text.analytic import (
     SpanUnavailable,
@@ -42,13 +43,16 @@ from nlp_dlg.text.analytic import (
     place_labels,
     position_candidates,
 )
+from nlp_dlg.text.config import METHODS, TextAttackConfig
 from nlp_dlg.text.plugin import MaskedLMPlugin
 from nlp_dlg.text.priors import MaskedLMPriors, infer_priors
-from nlp_dlg.text.victim import TASK, masked_lm_gradient
+from nlp_dlg.text.task import TASK, decode_text, masked_lm_gradient
+
+__all__ = ["METHODS", "AnalyticGuess", "MaskedLMAttack", "Reconstruction", "TextAttackConfig", "TextCallback",
+           "TextStep", "decode_text"]
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("span", "dlg")
+T = TypeVar("T")
 CERTIFY_DISTANCE = 1e-4  # cosine distance between the guess's own gradient and the observed one: exact
 PEEL_ROUNDING = 1e-5     # a peeled entry this small against the terms it was summed from is rounding: zero
 NEAREST_MARGIN = 2.0     # an inexact one-sentence guess stands when each position's nearest token is this much nearer
@@ -68,49 +72,16 @@ TextCallback = Callable[[TextStep], "bool | None"]
 
 
 @dataclass(frozen=True)
-class TextAttackConfig:
-    """Attacker options.
-
-    Args:
-        method: ``span`` (analytic leakage + DLG) or ``dlg`` (gradient matching); see the module docstring.
-        use_priors: read sequence length, labels and token set off the gradient (False: the paper as written).
-        matching: the engine's options (optimizer, distance, steps, evaluation cap, restarts, schedule).
-        log_every: decode and report every this many steps (and at step 0 and the last step).
-        patience: stop once the decoded text of every sequence has stayed the same for this many steps
-            (None: run all steps). The attacker needs no ground truth for this.
-        peel: ``span`` with a batch partly certified: remove the certified sentences' share of the gradient
-            and attack the others on what is left (False: gradient matching on the whole batch, the
-            certified sentences held fixed).
-    """
-
-    method: str = "span"
-    use_priors: bool = True
-    matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="cosine", max_evaluations=600))
-    log_every: int = 1
-    patience: int | None = None
-    peel: bool = True
-
-    def __post_init__(self) -> None:
-        if self.patience is not None and (not isinstance(self.patience, int) or self.patience <= 0):
-            raise ConfigError(f"patience: expected a positive integer or None, got {self.patience!r}")
-        if self.method not in METHODS:
-            raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method == "span" and not self.use_priors:
-            raise ConfigError("use_priors=False (no priors) is the paper's plain DLG: use it with method 'dlg'")
-        if not isinstance(self.log_every, int) or self.log_every <= 0:
-            raise ConfigError(f"log_every: expected a positive integer, got {self.log_every!r}")
-
-
-@dataclass(frozen=True)
 class Reconstruction:
-    """One reconstructed sequence."""
+    """One reconstructed sequence (``distance``: the final gradient distance; ``steps``: optimizer steps;
+    ``evaluations``: gradient evaluations)."""
 
     batch: int
     index: int
     token_ids: tuple[int, ...]
     reconstruction: str
-    loss: float
-    iterations: int
+    distance: float
+    steps: int
     evaluations: int
     seconds: float
     method: str
@@ -118,10 +89,10 @@ class Reconstruction:
     certified: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON-lines record (``iterations`` are optimizer steps, ``gradient_evaluations`` closures;
+        """The JSON-lines record (``steps`` are optimizer steps, ``gradient_evaluations`` closures;
         ``certified``: the analytic checks found this sequence exactly, no matching was needed)."""
         return {"batch": self.batch, "index": self.index, "reconstruction": self.reconstruction,
-                "loss": self.loss, "iterations": self.iterations, "gradient_evaluations": self.evaluations,
+                "distance": self.distance, "steps": self.steps, "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted,
                 "certified": self.certified}
 
@@ -138,11 +109,6 @@ class AnalyticGuess:
     certified: bool               # the whole guess gives the observed gradient back
     distance: float               # gradient cosine distance of the guess
     unambiguous: bool             # an inexact one-sentence guess whose nearest tokens stand out
-
-
-def decode_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
-    """Plain text: special tokens stripped, word pieces merged."""
-    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
 
 
 class MaskedLMAttack:
@@ -194,9 +160,10 @@ class MaskedLMAttack:
 
     def attack(self, observation: GradientObservation, *, generator: torch.Generator,
                batch: int | None = None) -> list[Reconstruction]:
-        """Reconstruct every sequence of the observed batch."""
+        """Reconstruct every sequence of the observed batch, on the model's device (``generator``: CPU)."""
         observation.check_shapes({n: p.shape for n, p in self.model.named_parameters()})
-        observation = as_gradient(observation)  # a FedAvg weight delta becomes its mean gradient
+        # a FedAvg weight delta becomes its mean gradient; the tensors go where the model is
+        observation = as_gradient(observation).to(model_device(self.model))
         batch = int(observation.metadata.get("batch_index", 0)) if batch is None else batch
         batch_size = self._batch_size(observation)
         priors = infer_priors(observation.gradients, self.model, batch_size)
@@ -204,38 +171,46 @@ class MaskedLMAttack:
         if self.config.method == "span":  # the config refuses span without priors
             started = time.perf_counter()
             guess = self._analytic(observation, priors, batch_size, generator)
-            if guess is not None:
-                distance = guess.distance
-                seconds = time.perf_counter() - started
-                texts = [decode_text(self.tokenizer, row.tolist()) for row in guess.ids]
-                record = StepRecord(0, 0, 0, distance, distance, seconds, {})
-                for cb in self.callbacks:
-                    cb(TextStep(record, tuple(texts), guess.ids))
-                if guess.certified or guess.unambiguous:
-                    if guess.certified:
-                        logger.info("batch %d: every sentence certified by the span checks (%.1fs, gradient cosine "
-                                    "distance %.2g)", batch, seconds, distance)
-                    else:
-                        logger.warning("batch %d: noisy gradient (cosine distance %.2g to the guess): every position's "
-                                       "nearest token is unambiguous, kept as it is (not certified)", batch, distance)
-                    return [Reconstruction(batch, i, tuple(row.tolist()), text, distance, 0, 0, seconds,
-                                           self.config.method, certified=guess.certified)
-                            for i, (row, text) in enumerate(zip(guess.ids, texts))]
-                kept = int(guess.rows_certified.sum())
-                if kept and self.config.peel:
-                    rest = self._peel(observation, guess, priors)
-                    logger.info("batch %d: %d of %d sentence(s) certified; their share of the gradient removed, the "
-                                "other %d attacked on the rest", batch, kept, batch_size, batch_size - kept)
-                    others = iter(self.attack(rest, generator=generator, batch=batch))
-                    seconds = time.perf_counter() - started
-                    return [Reconstruction(batch, i, tuple(row.tolist()), text, distance, 0, 0, seconds,
-                                           self.config.method, certified=True) if bool(held) else
-                            dataclasses.replace(next(others), index=i)
-                            for i, (row, text, held) in enumerate(zip(guess.ids, texts, guess.rows_certified))]
-                logger.warning("batch %d: the span checks certified %d of %d sentence(s): gradient matching from "
-                               "the analytic guess%s", batch, kept, batch_size,
-                               ", the certified ones held fixed" if kept else "")
+            done = None if guess is None else self._from_guess(observation, guess, priors, generator, batch, started)
+            if done is not None:
+                return done
         return self._match(observation, priors, generator, batch, guess)
+
+    def _from_guess(self, observation: GradientObservation, guess: AnalyticGuess, priors: MaskedLMPriors,
+                    generator: torch.Generator, batch: int, started: float) -> list[Reconstruction] | None:
+        """The sentences the analytic guess settles: all of them (certified, or one unambiguous noisy sentence),
+        or the certified ones with the rest attacked on the peeled gradient; None: gradient matching follows."""
+        seconds = time.perf_counter() - started
+        texts = [decode_text(self.tokenizer, row.tolist()) for row in guess.ids]
+        record = StepRecord(0, 0, 0, guess.distance, guess.distance, seconds, {})
+        for cb in self.callbacks:
+            cb(TextStep(record, tuple(texts), guess.ids))
+        known = self._known(guess, texts, batch, seconds)
+        if guess.certified or guess.unambiguous:
+            if guess.certified:
+                logger.info("batch %d: every sentence certified by the span checks (%.1fs, gradient cosine distance "
+                            "%.2g)", batch, seconds, guess.distance)
+            else:
+                logger.warning("batch %d: noisy gradient (cosine distance %.2g to the guess): every position's "
+                               "nearest token is unambiguous, kept as it is (not certified)", batch, guess.distance)
+            return [dataclasses.replace(r, certified=guess.certified) for r in known]
+        kept, batch_size = int(guess.rows_certified.sum()), len(guess.rows_certified)
+        if kept and self.config.peel:
+            logger.info("batch %d: %d of %d sentence(s) certified; their share of the gradient removed, the other "
+                        "%d attacked on the rest", batch, kept, batch_size, batch_size - kept)
+            others = iter(self.attack(self._peel(observation, guess, priors), generator=generator, batch=batch))
+            known = self._known(guess, texts, batch, time.perf_counter() - started)
+            return [known[i] if bool(held) else dataclasses.replace(next(others), index=i)
+                    for i, held in enumerate(guess.rows_certified)]
+        logger.warning("batch %d: the span checks certified %d of %d sentence(s): gradient matching from the analytic "
+                       "guess%s", batch, kept, batch_size, ", the certified ones held fixed" if kept else "")
+        return None
+
+    def _known(self, guess: AnalyticGuess, texts: Sequence[str], batch: int, seconds: float) -> list[Reconstruction]:
+        """The guess's sentences as reconstructions (certified where their rows are)."""
+        return [Reconstruction(batch, i, tuple(row.tolist()), text, guess.distance, 0, 0, seconds, self.config.method,
+                               certified=bool(held))
+                for i, (row, text, held) in enumerate(zip(guess.ids, texts, guess.rows_certified))]
 
     def _peel(self, observation: GradientObservation, guess: AnalyticGuess,
               priors: MaskedLMPriors) -> GradientObservation:
@@ -269,43 +244,15 @@ class MaskedLMAttack:
 
     def _analytic(self, observation: GradientObservation, priors: MaskedLMPriors, batch_size: int,
                   generator: torch.Generator) -> AnalyticGuess | None:
-        """The span checks and analytic labels, or None where the checks cannot work (logged). One sentence
-        whose gradient is not exact (noise, quantisation, pruning, dropout) still has rank T: its guess is
-        then the nearest token per position, ``unambiguous`` when every position's nearest token stands out
-        by ``NEAREST_MARGIN``."""
-        grads, tok, length = observation.gradients, self.tokenizer, priors.sequence_length
-        unambiguous = False
-        try:
-            try:
-                inputs, mask, rows_certified = self._exact_guess(grads, priors, batch_size, generator)
-            except SpanUnavailable as exc:
-                if batch_size != 1:
-                    raise
-                logger.warning("span check: %s; one sentence: taking the nearest token to the rank-%d span at each "
-                               "position (an inexact gradient?)", exc, length)
-                span1 = attention_input_span(grads, self.model, 0, length, rank=length)
-                ids, margin = nearest_tokens(self.model, span1, priors.token_set, length)
-                ids[0], ids[-1] = tok.cls_token_id, tok.sep_token_id
-                inner = margin[1:-1]
-                unambiguous = bool(len(inner) == 0 or float(inner.min()) >= NEAREST_MARGIN)
-                logger.info("nearest tokens: smallest margin %.3g (%s)", float(inner.min()) if len(inner) else
-                            float("inf"), "unambiguous" if unambiguous else "ambiguous: gradient matching follows")
-                inputs, mask = ids[None], torch.ones(1, length, dtype=torch.long)
-                rows_certified = torch.zeros(1, dtype=torch.bool)
-            partly = bool(rows_certified.any()) and not bool(rows_certified.all())
-            try:
-                labels, misfit = place_labels(self.model, grads, inputs, mask, priors)
-            except SpanUnavailable as exc:
-                if not partly:
-                    raise
-                logger.warning("labels of the whole guess: %s", exc)
-                labels = torch.full_like(inputs, -100)
-            if partly:  # the wrong sentences of the guess skew the whole-batch solution: the known ones apart
-                labels[rows_certified], misfit = label_known_sentences(
-                    self.model, grads, inputs[rows_certified], mask[rows_certified], priors)
-        except SpanUnavailable as exc:
-            logger.warning("span check unavailable (%s): gradient matching only", exc)
+        """The span checks and analytic labels, or None where the checks cannot work (logged): the input ids
+        (:meth:`_inputs`), the labels placed on them (:meth:`_labels`), and the certificate, the guess's own
+        gradient compared with the observed one."""
+        grads = observation.gradients
+        found = self._inputs(grads, priors, batch_size, generator)
+        labelled = None if found is None else self._labels(grads, *found[:3], priors)
+        if found is None or labelled is None:
             return None
+        (inputs, mask, rows_certified, unambiguous), (labels, misfit) = found, labelled
         ids = torch.where(labels != -100, labels, inputs)
         own = masked_lm_gradient(self.model, inputs, mask, labels)
         names = list(grads)
@@ -316,10 +263,64 @@ class MaskedLMAttack:
         return AnalyticGuess(ids, inputs, mask, labels, rows_certified | certified, certified, distance,
                              unambiguous and not certified)
 
+    def _inputs(self, grads: Mapping[str, torch.Tensor], priors: MaskedLMPriors, batch_size: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool] | None:
+        """``(input ids, attention mask, certified rows, unambiguous)`` from the exact span checks or, for one
+        sentence whose gradient is not exact (noise, quantisation, pruning, dropout; its span still has rank T),
+        the nearest token per position, ``unambiguous`` when each stands out by ``NEAREST_MARGIN``. None where
+        neither works."""
+        exact, why = _unless_unavailable(self._exact_guess, grads, priors, batch_size, generator)
+        if exact is not None:
+            return (*exact, False)
+        if batch_size == 1:
+            logger.warning("span check: %s; one sentence: taking the nearest token to the rank-%d span at each "
+                           "position (an inexact gradient?)", why, priors.sequence_length)
+            nearest, why = _unless_unavailable(self._nearest_guess, grads, priors)
+            if nearest is not None:
+                return nearest
+        logger.warning("span check unavailable (%s): gradient matching only", why)
+        return None
+
+    def _nearest_guess(self, grads: Mapping[str, torch.Tensor],
+                       priors: MaskedLMPriors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        length, device = priors.sequence_length, model_device(self.model)
+        span1 = attention_input_span(grads, self.model, 0, length, rank=length)
+        ids, margin = nearest_tokens(self.model, span1, priors.token_set, length)
+        ids[0], ids[-1] = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
+        inner = margin[1:-1]
+        unambiguous = bool(len(inner) == 0 or float(inner.min()) >= NEAREST_MARGIN)
+        logger.info("nearest tokens: smallest margin %.3g (%s)", float(inner.min()) if len(inner) else float("inf"),
+                    "unambiguous" if unambiguous else "ambiguous: gradient matching follows")
+        return (ids[None].to(device), torch.ones(1, length, dtype=torch.long, device=device),
+                torch.zeros(1, dtype=torch.bool, device=device), unambiguous)
+
+    def _labels(self, grads: Mapping[str, torch.Tensor], inputs: torch.Tensor, mask: torch.Tensor,
+                rows_certified: torch.Tensor, priors: MaskedLMPriors) -> tuple[torch.Tensor, float] | None:
+        """Labels placed on the guess from the head's gradient, and their misfit; None where they cannot be.
+        With only some sentences certified the wrong ones skew the whole-batch solution: the certified ones are
+        labelled apart (:func:`label_known_sentences`)."""
+        partly = bool(rows_certified.any()) and not bool(rows_certified.all())
+        placed, why = _unless_unavailable(place_labels, self.model, grads, inputs, mask, priors)
+        if placed is None and not partly:
+            logger.warning("span check unavailable (%s): gradient matching only", why)
+            return None
+        if not partly:
+            return placed
+        labels = placed[0] if placed is not None else torch.full_like(inputs, -100)
+        if placed is None:
+            logger.warning("labels of the whole guess: %s", why)
+        known, why = _unless_unavailable(label_known_sentences, self.model, grads, inputs[rows_certified],
+                                         mask[rows_certified], priors)
+        if known is None:
+            logger.warning("span check unavailable (%s): gradient matching only", why)
+            return None
+        labels[rows_certified] = known[0]
+        return labels, known[1]
+
     def _exact_guess(self, grads: Mapping[str, torch.Tensor], priors: MaskedLMPriors, batch_size: int,
                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sentences from the exact span checks: ``(input ids (B, T), attention mask (B, T), certified (B,))``."""
-        tok, length = self.tokenizer, priors.sequence_length
+        tok, length, device = self.tokenizer, priors.sequence_length, model_device(self.model)
         span1 = attention_input_span(grads, self.model, 0, batch_size * length)
         candidates = position_candidates(self.model, span1, priors.token_set, length)
         logger.info("span check: rank %d; candidates per position %s", span1.rank, [len(c) for c in candidates])
@@ -332,12 +333,12 @@ class MaskedLMAttack:
                     batch_size)
         certified = [s.certified for s in sentences] + [False] * (batch_size - len(sentences))
         sentences += sentences[-1:] * (batch_size - len(sentences))     # stand-ins, never certified
-        inputs = torch.full((batch_size, length), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(batch_size, length, dtype=torch.long)
+        inputs = torch.full((batch_size, length), tok.pad_token_id, dtype=torch.long, device=device)
+        mask = torch.zeros(batch_size, length, dtype=torch.long, device=device)
         for i, s in enumerate(sentences):
-            inputs[i, :len(s.token_ids)] = torch.tensor(s.token_ids)
+            inputs[i, :len(s.token_ids)] = torch.tensor(s.token_ids, device=device)
             mask[i, :len(s.token_ids)] = 1
-        return inputs, mask, torch.tensor(certified)
+        return inputs, mask, torch.tensor(certified, device=device)
 
     def _match(self, observation: GradientObservation, priors: MaskedLMPriors, generator: torch.Generator,
                batch: int, guess: AnalyticGuess | None) -> list[Reconstruction]:
@@ -363,7 +364,7 @@ class MaskedLMAttack:
         matcher = GradientMatcher(plugin, self.config.matching, callbacks=[on_step])
         result = matcher.run(observation.gradients, generator=generator)
         ids = plugin.decode(result.leaves)
-        held = torch.zeros(len(ids), dtype=torch.bool)
+        held = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
         if guess is not None:
             held = guess.rows_certified
             ids[held] = guess.ids[held]           # the certified sentences, their labels placed analytically
@@ -376,3 +377,12 @@ class MaskedLMAttack:
                                result.evaluations, result.seconds, self.config.method, result.interrupted,
                                certified=bool(held[i]))
                 for i, (row, text) in enumerate(zip(ids, texts))]
+
+
+def _unless_unavailable(fn: Callable[..., T], *args: Any) -> tuple[T | None, str | None]:
+    """``(fn(*args), None)``, or ``(None, why)`` where the span checks cannot work on this gradient: the one place
+    where the analytics' :class:`SpanUnavailable` becomes a value the attack's stages branch on."""
+    try:
+        return fn(*args), None
+    except SpanUnavailable as exc:
+        return None, str(exc)

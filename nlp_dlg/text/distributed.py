@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from nlp_dlg.engine.distributed import AllReduceRecorder, ddp_metadata, run_ranks
+from nlp_dlg.engine.distributed import AllReduceRecorder, backend_for, ddp_metadata, run_ranks
 from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.observation import GradientObservation
-from nlp_dlg.text.victim import CaptureConfig, VictimBatch, observation_metadata, prepare_batch
+from nlp_dlg.text.config import CaptureConfig
+from nlp_dlg.text.victim import VictimBatch, observation_metadata, prepare_batch
 
 logger = logging.getLogger(__name__)
 
@@ -37,37 +38,39 @@ def rank_batch(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], con
                          generator=generator)
 
 
-def _worker(rank: int, world_size: int, payload: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+def _worker(rank: int, world_size: int, payload: dict[str, Any], device: torch.device) -> list[dict[str, torch.Tensor]]:
     from torch.nn.parallel import DistributedDataParallel
 
     from nlp_dlg.text.model import ModelSpec, load_masked_lm, load_tokenizer
 
-    model = load_masked_lm(ModelSpec(**payload["spec"]))
+    model = load_masked_lm(ModelSpec(**payload["spec"])).to(device)
     tokenizer = load_tokenizer(payload["tokenizer"])
     config = CaptureConfig(**payload["config"])
     model.train(config.train_mode)
-    ddp = DistributedDataParallel(model)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     recorder = AllReduceRecorder(ddp)
     recorded = []
     for step in range(payload["steps"]):
         batch = rank_batch(tokenizer, payload["sentences"], config, step=step, rank=rank, world_size=world_size,
                            mask_seed=payload["mask_seed"], vocab_size=model.config.vocab_size)
         ddp.zero_grad(set_to_none=True)
-        ddp(input_ids=batch.masked_input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss.backward()
-        recorded.append(dict(recorder.gradients))
+        ddp(input_ids=batch.masked_input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+            labels=batch.labels.to(device)).loss.backward()
+        recorded.append({n: g.cpu() for n, g in recorder.gradients.items()})
     return recorded
 
 
 def capture_distributed(spec: Any, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str],
                         config: CaptureConfig, *, world_size: int, model_info: dict[str, Any],
-                        tokenizer_name: str | None, vocab_size: int, mask_seed: int = 0
+                        tokenizer_name: str | None, vocab_size: int, mask_seed: int = 0, device: str = "cpu"
                         ) -> list[tuple[GradientObservation, VictimBatch]]:
     """One observation per DDP step (the all-reduced gradient) and the step's ground truth.
 
     Args:
         spec: the :class:`nlp_dlg.text.ModelSpec` every rank builds its model from.
         config: ``batch_size`` is the global batch of one step, split evenly over the ranks.
-        world_size: local processes (gloo on loopback).
+        world_size: local processes on loopback.
+        device: ``cpu`` (gloo), or ``cuda``: nccl where every rank has a GPU of its own, else gloo on one GPU.
     """
     if config.batch_size % world_size:
         raise ConfigError(f"--batch-size {config.batch_size} must split evenly over --world-size {world_size}")
@@ -83,7 +86,8 @@ def capture_distributed(spec: Any, tokenizer: PreTrainedTokenizerBase, sentences
                        len(sentences) % config.batch_size)
     payload = {"spec": asdict(spec), "tokenizer": tokenizer_name, "config": asdict(config), "steps": steps,
                "sentences": list(sentences), "mask_seed": mask_seed}
-    recorded = run_ranks(_worker, world_size, payload)
+    recorded = run_ranks(_worker, world_size, payload, device=device)
+    backend = backend_for(device, world_size)
     out = []
     for step, grads in enumerate(recorded):
         parts = [rank_batch(tokenizer, sentences, config, step=step, rank=r, world_size=world_size,
@@ -91,7 +95,7 @@ def capture_distributed(spec: Any, tokenizer: PreTrainedTokenizerBase, sentences
         truth = _merge(step, parts, tokenizer.pad_token_id)
         meta = {**observation_metadata(config, model_info=model_info, tokenizer_name=tokenizer_name,
                                        batch_size=config.batch_size, batch_index=step),
-                "distributed": ddp_metadata(world_size, config.batch_size)}
+                "distributed": ddp_metadata(world_size, config.batch_size, backend)}
         out.append((GradientObservation(grads, meta), truth))
         logger.info("recorded the all-reduced gradient of step %d (%d ranks x %d sentence(s))", step, world_size,
                     config.batch_size // world_size)

@@ -29,7 +29,9 @@ from transformers import BertForMaskedLM, PreTrainedTokenizerBase
 from nlp_dlg.engine.errors import ConfigError, InputDataError
 from nlp_dlg.engine.flower import RecordingStrategy, check_options, run_federation, wait_for_server
 from nlp_dlg.text.model import ModelSpec, load_masked_lm, load_tokenizer, model_metadata
-from nlp_dlg.text.victim import CaptureConfig, local_sgd, masked_lm_gradient, observation_metadata, prepare_batch
+from nlp_dlg.text.config import CaptureConfig
+from nlp_dlg.text.task import masked_lm_gradient
+from nlp_dlg.text.victim import local_sgd, observation_metadata, prepare_batch
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class MaskedLMClient(NumPyClient):
         inputs = (batch.masked_input_ids, batch.attention_mask, batch.labels)
         if config["mode"] == "fedsgd":
             grads = masked_lm_gradient(self.model, *inputs, train_mode=self.config.train_mode)
-            update = [grads[n].numpy() for n in self.names]
+            update = [grads[n].cpu().numpy() for n in self.names]
         else:
             local = replace(self.config, local_lr=float(config["local_lr"]), local_steps=int(config["local_steps"]))
             local_sgd(self.model, *inputs, local)
@@ -118,7 +120,7 @@ def _server_process(address: str, *, spec: dict, tokenizer: str | None, config: 
                                     batch_size=batch_size, batch_index=server_round - 1)
 
     strategy = RecordingStrategy(parameter_names=[n for n, _ in model.named_parameters()],
-                                 initial_weights=[p.detach().numpy().copy() for p in model.parameters()],
+                                 initial_weights=[p.detach().cpu().numpy().copy() for p in model.parameters()],
                                  out_dir=out_dir, describe=describe, mode=mode, lr=lr, local_steps=local_steps,
                                  num_clients=num_clients)
     start_server(server_address=address, config=ServerConfig(num_rounds=rounds), strategy=strategy)

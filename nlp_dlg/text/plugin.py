@@ -25,6 +25,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import BertForMaskedLM
 
+from nlp_dlg.engine.device import randn
 from nlp_dlg.text.analytic import embedding_output
 from nlp_dlg.text.priors import MaskedLMPriors, parameter_name
 
@@ -61,10 +62,11 @@ class MaskedLMPlugin:
         self.use_priors = use_priors
         self.embedding = model.get_input_embeddings().weight.detach()             # (V, H)
         self._word_name = parameter_name(model, model.get_input_embeddings().weight)
+        device = self.embedding.device                                            # every tensor lives there
         vocab = self.embedding.shape[0]
-        self.candidates = priors.token_set if use_priors else torch.arange(vocab)  # (K,)
+        self.candidates = (priors.token_set if use_priors else torch.arange(vocab)).to(device)  # (K,)
         # one entry per labelled occurrence: label words repeated by their counts
-        self.occurrences = priors.label_ids.repeat_interleave(priors.label_counts)  # (M,)
+        self.occurrences = priors.label_ids.repeat_interleave(priors.label_counts).to(device)  # (M,)
         self.boundary = boundary
         t = priors.sequence_length
         if initial_ids is not None and tuple(initial_ids.shape) != (batch_size, t):
@@ -75,17 +77,18 @@ class MaskedLMPlugin:
                 raise ValueError(f"{name}: expected shape {shape}, got {tuple(value.shape)}")
         if frozen_rows is not None and initial_ids is None:
             raise ValueError("frozen_rows needs initial_ids: the token ids the frozen sequences keep")
-        self._initial = initial_ids
-        self._mask = attention_mask
+        self._initial = None if initial_ids is None else initial_ids.to(device)
+        self._mask = None if attention_mask is None else attention_mask.to(device)
         self._pad_id = pad_id
-        self._frozen = frozen_rows.bool() if frozen_rows is not None and bool(frozen_rows.any()) else None
-        self._frozen_ids = initial_ids.clone() if self._frozen is not None else None
+        self._frozen = (frozen_rows.bool().to(device) if frozen_rows is not None and bool(frozen_rows.any())
+                        else None)
+        self._frozen_ids = self._initial.clone() if self._frozen is not None else None
         self._fixed = {pos: tok for pos, tok in ((0, boundary[0]), (t - 1, boundary[1])) if tok is not None}
-        self._label_mask = torch.zeros(batch_size, t, 1)                           # (B, T, 1)
+        self._label_mask = torch.zeros(batch_size, t, 1, device=device)            # (B, T, 1)
         for pos in self._fixed:
             self._label_mask[:, pos] = -torch.inf
-        if attention_mask is not None:
-            self._label_mask[~attention_mask.bool()] = -torch.inf
+        if self._mask is not None:
+            self._label_mask[~self._mask.bool()] = -torch.inf
 
     def matched_parameters(self) -> dict[str, torch.Tensor]:
         return {n: p for n, p in self.model.named_parameters() if n != self._word_name}
@@ -93,14 +96,15 @@ class MaskedLMPlugin:
     def init_leaves(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         b, t, h = self.batch_size, self.priors.sequence_length, self.embedding.shape[1]
         scale = float(self.embedding.std())
-        embeds = torch.randn(b, t, h, generator=generator) * scale                 # (B, T, H)
+        device = self.embedding.device  # drawn on the CPU and moved: one seed, one start on every device
+        embeds = randn(b, t, h, generator=generator, device=device) * scale         # (B, T, H)
         if self._initial is not None:
             embeds = self.embedding[self._initial].clone()
             self._initial = None
         if self.use_priors:
-            logits = 0.01 * torch.randn(b, t, len(self.occurrences), generator=generator)  # (B, T, M)
+            logits = 0.01 * randn(b, t, len(self.occurrences), generator=generator, device=device)  # (B, T, M)
         else:
-            logits = torch.randn(b, t, self.embedding.shape[0], generator=generator)      # (B, T, V)
+            logits = randn(b, t, self.embedding.shape[0], generator=generator, device=device)      # (B, T, V)
         return {"inputs_embeds": embeds, "label_logits": logits}
 
     def _embeds(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -155,6 +159,6 @@ class MaskedLMPlugin:
             if self.use_priors:
                 where = self.label_positions(leaves["label_logits"]).reshape(b * t, -1)  # (B*T, M)
                 # each labelled position holds one word: occurrences go to distinct positions
-                _, cols = linear_sum_assignment(-where.clamp_min(1e-30).log().T.numpy())
-                ids.view(-1)[torch.as_tensor(cols)] = self.occurrences
+                _, cols = linear_sum_assignment(-where.clamp_min(1e-30).log().T.cpu().numpy())
+                ids.view(-1)[torch.as_tensor(cols, device=ids.device)] = self.occurrences
         return ids

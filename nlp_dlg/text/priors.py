@@ -26,7 +26,7 @@ MIN_GAP = 4.0  # a token-set row stands at least this factor above the noise flo
 
 @dataclass(frozen=True)
 class MaskedLMPriors:
-    """Priors read off one masked-LM gradient.
+    """Priors read off one masked-LM gradient; every tensor lives on the device of the gradient it was read from.
 
     Attributes:
         sequence_length: tokens per sequence, [CLS] and [SEP] included.
@@ -111,9 +111,9 @@ def token_set(word_grad: torch.Tensor, max_size: int, num_labelled: int = 0) -> 
     """
     grad = word_grad.double()
     if max_size >= len(grad):
-        return torch.arange(len(grad)), False
+        return torch.arange(len(grad), device=grad.device), False
     if num_labelled > 0:
-        rest = torch.ones(len(grad), dtype=torch.bool)
+        rest = torch.ones(len(grad), dtype=torch.bool, device=grad.device)
         rest[grad.norm(dim=1).topk(min(2 * max_size, len(grad) - 1)).indices] = False
         values, vectors = torch.linalg.eigh(grad[rest].T @ grad[rest])               # ascending
         values, vectors = values.flip(0), vectors.flip(1)
@@ -126,7 +126,7 @@ def token_set(word_grad: torch.Tensor, max_size: int, num_labelled: int = 0) -> 
     if len(chosen) == 0 or len(chosen) > max_size:
         logger.warning("no clear token set in the word-embedding gradient (%d rows above %.0fx the floor): "
                        "decoding over the whole vocabulary", len(chosen), MIN_GAP)
-        return torch.arange(len(norms)), False
+        return torch.arange(len(norms), device=norms.device), False
     return chosen, True
 
 

@@ -10,60 +10,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import BertForMaskedLM, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from nlp_dlg import __version__
 from nlp_dlg.engine.defense import Defense, parse_defense
 from nlp_dlg.engine.errors import ConfigError, InputDataError
-from nlp_dlg.engine.observation import GradientObservation, save_observation
+from nlp_dlg.engine.observation import GradientObservation
+from nlp_dlg.engine.victim import defend, fresh_generator, shared_metadata
+from nlp_dlg.text.config import CaptureConfig
+from nlp_dlg.text.task import TASK, masked_lm_gradient
+
+__all__ = ["TASK", "CaptureConfig", "VictimBatch", "capture_gradients", "local_sgd", "mask_tokens",
+           "masked_lm_gradient", "observation_metadata", "prepare_batch"]
 
 logger = logging.getLogger(__name__)
-
-TASK = "masked-lm"
-
-
-@dataclass(frozen=True)
-class CaptureConfig:
-    """Victim-side options.
-
-    Args:
-        batch_size: sentences per gradient (per file), in input order.
-        mlm_probability: fraction of tokens selected for prediction (BERT's 80/10/10 masking).
-        max_length: sentences are truncated to this many tokens, special tokens included.
-        train_mode: compute the gradient with dropout on (the model's ``training`` flag is restored).
-        defense: a defence applied before the gradient leaves (:mod:`nlp_dlg.engine.defense`), e.g.
-            ``gaussian:1e-2`` or ``dp:1.0,0.5`` (DP-SGD: per-sentence gradients, each its own mean loss).
-        local_steps, local_lr: FedAvg: the client runs ``local_steps`` SGD steps at ``local_lr`` on its batch
-            and shares the weight delta (``local_lr`` None: FedSGD, the gradient itself).
-    """
-
-    batch_size: int = 1
-    mlm_probability: float = 0.15
-    max_length: int = 128
-    train_mode: bool = False
-    defense: str | None = None
-    local_steps: int = 1
-    local_lr: float | None = None
-
-    def __post_init__(self) -> None:
-        parse_defense(self.defense)  # raises ConfigError naming the accepted forms
-        if not isinstance(self.local_steps, int) or self.local_steps < 1:
-            raise ConfigError(f"local_steps: expected a positive integer, got {self.local_steps!r}")
-        if self.local_lr is not None and not self.local_lr > 0:
-            raise ConfigError(f"local_lr: expected a positive number, got {self.local_lr!r}")
-        if self.local_lr is None and self.local_steps > 1:
-            raise ConfigError("local_steps > 1 is FedAvg: give local_lr, the client's learning rate")
-        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
-            raise ConfigError(f"batch_size: expected a positive integer, got {self.batch_size!r}")
-        if not 0.0 < self.mlm_probability <= 1.0:
-            raise ConfigError(f"mlm_probability: expected a number in (0, 1], got {self.mlm_probability!r}")
-        if not isinstance(self.max_length, int) or self.max_length < 3:
-            raise ConfigError(f"max_length: expected an integer >= 3, got {self.max_length!r}")
-
 
 @dataclass(frozen=True)
 class VictimBatch:
@@ -110,27 +72,8 @@ def prepare_batch(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], 
     return VictimBatch(index, chunk, enc["input_ids"], masked, labels, enc["attention_mask"])
 
 
-def masked_lm_gradient(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       labels: torch.Tensor, *, train_mode: bool = False) -> dict[str, torch.Tensor]:
-    """One participant's gradient: mean masked-LM loss over the selected tokens, per named parameter."""
-    was_training = model.training
-    model.train(train_mode)
-    try:
-        params = dict(model.named_parameters())
-        flags = {n: p.requires_grad for n, p in params.items()}
-        for p in params.values():
-            p.requires_grad_(True)
-        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-        grads = torch.autograd.grad(loss, list(params.values()))
-        for n, p in params.items():
-            p.requires_grad_(flags[n])
-    finally:
-        model.train(was_training)
-    return {n: g.detach() for n, g in zip(params, grads)}
-
-
 def capture_gradients(
-    model: BertForMaskedLM,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     sentences: Sequence[str],
     config: CaptureConfig | None = None,
@@ -161,68 +104,67 @@ def capture_gradients(
         ...                                model_info=model_metadata(model, spec))[0]  # doctest: +SKIP
     """
     config = config or CaptureConfig()
+    sentences = _checked(sentences)
+    generator = generator or fresh_generator()
+    defense = parse_defense(config.defense)
+    out = []
+    for b, start in enumerate(range(0, len(sentences), config.batch_size)):
+        truth = prepare_batch(tokenizer, sentences[start:start + config.batch_size], config, index=b,
+                              vocab_size=model.config.vocab_size, generator=generator)
+        grads = defend(defense, _shared_update(model, truth, config), generator=defense_generator,
+                       per_example=lambda truth=truth: _per_sentence(model, truth, config))
+        metadata = observation_metadata(config, model_info=model_info, tokenizer_name=tokenizer_name,
+                                        batch_size=len(truth.sentences), batch_index=b, defense=defense)
+        out.append((GradientObservation(grads, metadata), truth))
+        logger.info("captured batch %d: %d sentence(s), %d tokens each, %d selected for prediction",
+                    b, len(truth.sentences), truth.masked_input_ids.shape[1], int((truth.labels != -100).sum()))
+    return out
+
+
+def _checked(sentences: Sequence[str]) -> list[str]:
     if isinstance(sentences, str):
         raise InputDataError("sentences: expected a sequence of strings, got one string")
-    sentences = [s for s in sentences]
+    sentences = list(sentences)
     if not sentences:
         raise InputDataError("sentences: expected at least one sentence, got none")
     for i, s in enumerate(sentences):
         if not isinstance(s, str) or not s.strip():
             raise InputDataError(f"sentences[{i}]: expected a non-empty string, got {s!r}")
-    if generator is None:
-        generator = torch.Generator()
-        generator.seed()
-    defense = parse_defense(config.defense)
-    if defense is not None and defense_generator is None:
-        defense_generator = torch.Generator()
-        defense_generator.seed()
+    return sentences
+
+
+def _shared_update(model: PreTrainedModel, truth: VictimBatch, config: CaptureConfig) -> dict[str, torch.Tensor]:
+    """What the client shares before any defence: the gradient (FedSGD) or the weight delta (FedAvg)."""
+    if config.local_lr is None:
+        return masked_lm_gradient(model, truth.masked_input_ids, truth.attention_mask, truth.labels,
+                                  train_mode=config.train_mode)
+    return _weight_delta(model, truth.masked_input_ids, truth.attention_mask, truth.labels, config)
+
+
+def _per_sentence(model: PreTrainedModel, truth: VictimBatch, config: CaptureConfig) -> list[dict[str, torch.Tensor]]:
+    """Each sentence's own gradient (DP-SGD); a sentence with no selected token contributes nothing."""
     out = []
-    for b, start in enumerate(range(0, len(sentences), config.batch_size)):
-        truth = prepare_batch(tokenizer, sentences[start:start + config.batch_size], config, index=b,
-                              vocab_size=model.config.vocab_size, generator=generator)
-        chunk, masked, labels, attention = truth.sentences, truth.masked_input_ids, truth.labels, truth.attention_mask
-        if config.local_lr is None:
-            grads = masked_lm_gradient(model, masked, attention, labels, train_mode=config.train_mode)
+    for i in range(len(truth.sentences)):
+        if bool((truth.labels[i] != -100).any()):
+            out.append(masked_lm_gradient(model, truth.masked_input_ids[i:i + 1], truth.attention_mask[i:i + 1],
+                                          truth.labels[i:i + 1], train_mode=config.train_mode))
         else:
-            grads = _weight_delta(model, masked, attention, labels, config)
-        if defense is not None:
-            per_example = None
-            if defense.needs_per_example:  # a sentence with no selected token contributes nothing
-                zero = {n: torch.zeros_like(g) for n, g in grads.items()}
-                per_example = [masked_lm_gradient(model, masked[i:i + 1], attention[i:i + 1],
-                                                  labels[i:i + 1], train_mode=config.train_mode)
-                               if bool((labels[i] != -100).any()) else zero for i in range(len(chunk))]
-            grads = defense.apply(grads, generator=defense_generator, per_example=per_example)
-        metadata = observation_metadata(config, model_info=model_info, tokenizer_name=tokenizer_name,
-                                        batch_size=len(chunk), batch_index=b, defense=defense)
-        out.append((GradientObservation(grads, metadata), truth))
-        logger.info("captured batch %d: %d sentence(s), %d tokens each, %d selected for prediction",
-                    b, len(chunk), masked.shape[1], int((labels != -100).sum()))
+            out.append({n: torch.zeros_like(p) for n, p in model.named_parameters()})
     return out
 
 
 def observation_metadata(config: CaptureConfig, *, model_info: dict[str, Any], tokenizer_name: str | None,
                          batch_size: int, batch_index: int, defense: Defense | None = None) -> dict[str, Any]:
     """What a participant shares about one masked-LM gradient (never the text, its ids or its masks)."""
-    metadata: dict[str, Any] = {
-        "toolkit": "nlp_dlg",
-        "toolkit_version": __version__,
-        "task": TASK,
-        "model": model_info,
-        "tokenizer": tokenizer_name,
-        "mlm_probability": config.mlm_probability,
-        "loss_reduction": "mean",
-        "batch_size": batch_size,
-        "batch_index": batch_index,
-        "mode": "train" if config.train_mode else "eval",
-        "defense": None if defense is None else defense.metadata(),
-    }
+    metadata = shared_metadata(TASK, toolkit="nlp_dlg", model_info=model_info, batch_size=batch_size,
+                               batch_index=batch_index, train_mode=config.train_mode, defense=defense)
+    metadata.update(tokenizer=tokenizer_name, mlm_probability=config.mlm_probability)
     if config.local_lr is not None:
         metadata["update"] = {"kind": "weight-delta", "local_steps": config.local_steps, "local_lr": config.local_lr}
     return metadata
 
 
-def _weight_delta(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def _weight_delta(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   labels: torch.Tensor, config: CaptureConfig) -> dict[str, torch.Tensor]:
     """FedAvg client: ``local_steps`` plain SGD steps on the batch from the shared weights; ``W_K − W_0``.
     The caller's model is not changed (the steps run on a copy)."""
@@ -234,7 +176,7 @@ def _weight_delta(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mas
     return {n: (p.detach() - start[n]).clone() for n, p in client.named_parameters()}
 
 
-def local_sgd(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+def local_sgd(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
               config: CaptureConfig) -> None:
     """``config.local_steps`` plain SGD steps at ``config.local_lr`` on one batch, in place (a FedAvg client)."""
     if config.local_lr is None:
@@ -244,10 +186,3 @@ def local_sgd(model: BertForMaskedLM, input_ids: torch.Tensor, attention_mask: t
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p -= config.local_lr * grads[n]
-
-
-def write_observations(pairs: Sequence[tuple[GradientObservation, VictimBatch]],
-                       out_dir: str | Path) -> list[Path]:
-    """Write ``batch-000.safetensors``, ``batch-001.safetensors``, … in input order."""
-    out_dir = Path(out_dir)
-    return [save_observation(obs, out_dir / f"batch-{i:03d}.safetensors") for i, (obs, _) in enumerate(pairs)]

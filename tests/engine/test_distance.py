@@ -45,12 +45,3 @@ def test_bad_arguments():
         gradient_distance(A, B, "l3")
     with pytest.raises(ConfigError, match="as many"):
         gradient_distance(A, B[:1], "l2")
-
-
-def test_the_clis_offer_every_distance_and_prior_form():
-    from nlp_dlg.cliutil import DISTANCE_CHOICES, PRIOR_CHOICES
-    from nlp_dlg.engine.distance import DISTANCES
-    from nlp_dlg.engine.matcher import PRIORS
-
-    assert DISTANCE_CHOICES == DISTANCES
-    assert PRIOR_CHOICES == PRIORS

@@ -177,7 +177,7 @@ def test_naive_dlg_runs_without_priors(capture, tiny_model, tokenizer):
     obs, _ = capture([SENTENCE])[0]
     config = TextAttackConfig(method="dlg", use_priors=False, matching=MatchingConfig(distance="l2", steps=2))
     rec = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
-    assert rec.iterations == 2 and rec.evaluations > 2
+    assert rec.steps == 2 and rec.evaluations > 2
 
 
 def test_checksum_mismatch_is_refused(tiny_info):

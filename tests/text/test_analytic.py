@@ -147,7 +147,7 @@ def test_span_attack_certifies_a_batch_without_gradient_matching(capture, tiny_m
     recs = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))
     assert all(r.certified and r.evaluations == 0 for r in recs)
     assert {r.reconstruction for r in recs} == {decode_text(tokenizer, row.tolist()) for row in truth.input_ids}
-    assert max(r.loss for r in recs) < 1e-4   # the reconstruction's own gradient matches the observed one
+    assert max(r.distance for r in recs) < 1e-4   # the reconstruction's own gradient matches the observed one
 
 
 def test_span_attack_falls_back_to_matching_in_train_mode(capture, tiny_model, tokenizer, caplog):

@@ -37,21 +37,6 @@ from vision_dlg import (
 SMALL = VisionModelSpec(num_classes=10, image_size=16, seed=1)
 
 
-def _vision_cli(*args: str) -> subprocess.CompletedProcess:
-    """``vision-dlg`` in its own process (the real exit path)."""
-    return subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", *args], capture_output=True, text=True)
-
-
-def _vision_main(capsys, *args: str) -> tuple[int, str]:
-    """``vision-dlg`` in this process (same code path after argument parsing, without a second torch import):
-    the exit code and what went to stderr."""
-    from vision_dlg.cli import main
-
-    capsys.readouterr()
-    code = main(["-q", *args])
-    return code, capsys.readouterr().err
-
-
 def test_lenet_is_dlgs_network():
     model = build_model(VisionModelSpec())
     convs = [m for m in model.body if isinstance(m, torch.nn.Conv2d)]
@@ -186,27 +171,8 @@ def test_train_mode_gradient_is_attacked_in_train_mode_and_leaves_the_model_as_i
         torch.testing.assert_close(b, before[n])
 
 
-def test_cli_scores_a_train_mode_gradient_after_the_brightness_contrast_fit(tmp_path, capsys):
-    out = tmp_path / "r.jsonl"
-    code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "1", "--labels", "4", "--model",
-                             "resnet20", "--num-classes", "10", "--image-size", "8", "--train-mode", "--iters", "1",
-                             "--out", str(out), "--save-images", str(tmp_path / "img"))
-    assert code == 0, err
-    row = json.loads(out.read_text().splitlines()[0])
-    assert row["fit"] == "brightness-contrast" and row["psnr"] >= row["psnr_raw"] - 1e-9
-
-
-def test_cli_normalize_reaches_the_engine():
-    from vision_dlg.cli import _attack_config, build_parser
-
-    parse = build_parser().parse_args
-    assert _attack_config(parse(["attack", "--out", "r"])).matching.normalize
-    assert not _attack_config(parse(["attack", "--out", "r", "--no-normalize"])).matching.normalize
-
-
-def test_init_std_spreads_the_first_dummy_and_defaults_by_box(tmp_path, capsys):
+def test_init_std_spreads_the_first_dummy_and_defaults_by_box():
     from vision_dlg.attack import BOXED_INIT_STD
-    from vision_dlg.cli import _attack_config, build_parser
     from vision_dlg.plugin import ImagePlugin
 
     plugin = ImagePlugin(build_model(SMALL), 4, (3, 16, 16), 10, box=True, init_std=0.01)
@@ -218,20 +184,11 @@ def test_init_std_spreads_the_first_dummy_and_defaults_by_box(tmp_path, capsys):
     assert ImageAttackConfig(init_std=0.5, box=False).initial_std(False) == 0.5
     with pytest.raises(ConfigError, match="init_std"):
         ImageAttackConfig(init_std=0.0)
-    parse = build_parser().parse_args
-    assert _attack_config(parse(["attack", "--out", "r", "--init-std", "0.2"])).init_std == 0.2
-    with pytest.raises(SystemExit):
-        parse(["attack", "--help"])
-    assert f"{BOXED_INIT_STD:g} for logits" in " ".join(capsys.readouterr().out.split())   # the help's default
-    code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "1", "--labels", "4",
-                             "--num-classes", "10", "--image-size", "16", "--init-std", "-1", "--out",
-                             str(tmp_path / "r.jsonl"))
-    assert code == 2 and "init_std" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_default_prior_scales_the_distance_where_the_gradient_is_blind_to_the_batch_contrast():
     from vision_dlg.attack import BATCH_TV, CONTRAST_BLIND, SCALED_TV
-    from vision_dlg.victim import contrast_sensitivity
+    from vision_dlg.task import contrast_sensitivity
 
     spec = VisionModelSpec("resnet20", num_classes=10, image_size=6)
     resnet, lenet = build_model(spec), build_model(SMALL)
@@ -267,7 +224,7 @@ def test_a_real_photo_comes_back_from_a_small_lenet():
     rec = ImageAttack(model, config, callbacks=[frames.append]).attack(obs, generator=torch.Generator().manual_seed(0))
     assert rec[0].label == 6
     assert psnr(rec[0].image, truth.images[0]) > 30
-    assert frames[0].record.step == 0 and frames[-1].record.step == rec[0].iterations
+    assert frames[0].record.step == 0 and frames[-1].record.step == rec[0].steps
 
 
 def test_dlg_soft_labels_recover_the_label_too():
@@ -284,50 +241,3 @@ def test_model_from_metadata_refuses_other_weights():
     assert isinstance(model_from_metadata(meta)[0], LeNet)
     with pytest.raises(ModelMismatchError, match="checksum"):
         model_from_metadata({**meta, "seed": 2})
-
-
-def test_cli_capture_then_attack_in_two_processes(tmp_path):
-    grads = tmp_path / "grads"
-    done = _vision_cli("capture", "--dataset", "skimage", "--index", "1", "--labels", "4", "--num-classes", "10",
-                       "--image-size", "16", "--out", str(grads))
-    assert done.returncode == 0, done.stderr
-    out = tmp_path / "r.jsonl"
-    done = _vision_cli("attack", "--gradients", str(grads), "--out", str(out), "--iters", "5",
-                       "--save-images", str(tmp_path / "img"))
-    assert done.returncode == 0, done.stderr
-    row = json.loads(out.read_text().splitlines()[0])
-    assert row["label"] == 4 and (tmp_path / "img" / "batch-000-0.png").is_file()
-    assert (tmp_path / "img" / "progress-batch-000.png").is_file() and "mse" not in row
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--image", "/no/such.png", "--labels", "1"], "no such image"),
-    (["--dataset", "skimage", "--index", "0", "1", "--labels", "1"], "expected 2 label"),
-    (["--dataset", "skimage", "--index", "0", "--labels", "10"], "labels: expected integers in [0, 10)"),
-    (["--dataset", "skimage", "--index", "99"], "out of range"),
-    (["--dataset", "skimage", "--index", "0", "--batch-size", "0"], "positive integer"),
-])
-def test_cli_bad_victim_input_is_one_line(tmp_path, capsys, args, message):
-    code, err = _vision_main(capsys, "capture", "--num-classes", "10", "--image-size", "16", "--out", str(tmp_path),
-                             *args)
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
-
-
-def test_cli_refuses_a_file_for_another_model_and_nan(tmp_path, capsys):
-    grads = tmp_path / "g"
-    assert _vision_main(capsys, "capture", "--dataset", "skimage", "--index", "0", "--labels", "1",
-                        "--num-classes", "10", "--image-size", "16", "--out", str(grads))[0] == 0
-    path = grads / "batch-000.safetensors"
-    obs = load_observation(path)
-    other = dict(obs.metadata)
-    other["model"] = {**other["model"], "checksum": "0" * 64}
-    save_observation(type(obs)(obs.gradients, other), tmp_path / "other.safetensors")
-    code, err = _vision_main(capsys, "attack", "--gradients", str(tmp_path / "other.safetensors"), "--out",
-                             str(tmp_path / "r"))
-    assert code == 2 and "checksum" in err
-    bad = {n: t.clone() for n, t in obs.gradients.items()}
-    bad["fc.bias"][0] = float("nan")
-    save_observation(type(obs)(bad, obs.metadata), tmp_path / "nan.safetensors")
-    code, err = _vision_main(capsys, "attack", "--gradients", str(tmp_path / "nan.safetensors"), "--out",
-                             str(tmp_path / "r"))
-    assert code == 2 and "NaN" in err and len(err.strip().splitlines()) == 1

@@ -15,7 +15,7 @@ def _model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 3))
 
 
-def _ddp_worker(rank: int, world: int, payload):
+def _ddp_worker(rank: int, world: int, payload, device):
     from torch.nn.parallel import DistributedDataParallel
 
     ddp = DistributedDataParallel(_model())
@@ -25,7 +25,7 @@ def _ddp_worker(rank: int, world: int, payload):
     return recorder.gradients
 
 
-def _failing_worker(rank: int, world: int, payload):
+def _failing_worker(rank: int, world: int, payload, device):
     if rank == 1:
         raise ValueError("boom on rank 1")
     return None

@@ -35,11 +35,11 @@ def grad_dir(tmp_path_factory):
 def test_capture_then_attack_in_two_processes(grad_dir, tmp_path):
     assert sorted(p.name for p in grad_dir.iterdir()) == ["batch-000.safetensors", "batch-001.safetensors"]
     out = tmp_path / "r.jsonl"
-    done = _cli("attack", "--gradients", grad_dir / "batch-000.safetensors", "--out", out, "--iters", "60")
+    done = _cli("attack", "--gradients", grad_dir / "batch-000.safetensors", "--out", out, "--steps", "60")
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 1
-    assert set(rows[0]) >= {"batch", "index", "reconstruction", "loss", "iterations", "seconds", "method"}
+    assert set(rows[0]) >= {"batch", "index", "reconstruction", "distance", "steps", "seconds", "method"}
     assert rows[0]["reconstruction"] == "the quick brown fox jumps over the lazy dog."
 
 
@@ -47,7 +47,7 @@ def test_attack_with_text_scores_and_prints_a_summary(tiny_config_file, tmp_path
     caplog.set_level(logging.INFO)
     out = tmp_path / "r.jsonl"
     code = main(["attack", "--method", "dlg", "--text", SENTENCE, "--model-config", str(tiny_config_file),
-                 "--mlm-probability", "1.0", "--mask-seed", "0", "--iters", "60", "--log-every", "10",
+                 "--mlm-probability", "1.0", "--mask-seed", "0", "--steps", "60", "--log-every", "10",
                  "--out", str(out)])
     assert code == 0
     row = json.loads(out.read_text())
@@ -149,12 +149,14 @@ def test_empty_input_file_and_bad_batch_size(tmp_path, capsys, tiny_config_file)
     (tmp_path / "empty.txt").write_text("\n")
     _one_line_error(["capture", "--input", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "g")], capsys,
                     "holds no sentence")
-    _one_line_error(["capture", "--text", "hi there", "--batch-size", "0", "--model-config", str(tiny_config_file),
-                     "--out", str(tmp_path / "g")], capsys, "--batch-size: expected a positive integer, got 0")
+    with pytest.raises(SystemExit) as info:
+        main(["capture", "--text", "hi there", "--batch-size", "0", "--out", str(tmp_path / "g")])
+    assert info.value.code == 2
+    assert "argument --batch-size: expected a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_argument_errors_exit_non_zero(tmp_path, capsys):
-    for argv in (["attack", "--out", "r", "--iters", "0"], ["capture", "--out", "g", "--mlm-probability", "2"],
+    for argv in (["attack", "--out", "r", "--steps", "0"], ["capture", "--out", "g", "--mlm-probability", "2"],
                  ["attack", "--out", "r", "--distance", "l3"]):
         with pytest.raises(SystemExit) as info:
             main(argv)
@@ -164,14 +166,18 @@ def test_argument_errors_exit_non_zero(tmp_path, capsys):
 
 
 def test_attack_without_any_source(tmp_path, capsys):
-    _one_line_error(["attack", "--out", str(tmp_path / "r")], capsys, "no private data")
+    _one_line_error(["attack", "--out", str(tmp_path / "r")], capsys, "nothing to attack: pass --gradients DIR")
 
 
 def test_attack_options_reach_the_attack_config(tmp_path):
-    from nlp_dlg.cli import _attack_config, build_parser
+    from nlp_dlg.cli import _task, build_parser
+    from nlp_dlg.text.config import TextAttackConfig
 
     args = build_parser().parse_args(["attack", "--gradients", str(tmp_path), "--out", str(tmp_path / "r.jsonl")])
-    assert _attack_config(args).peel and _attack_config(args).method == "span"
+    assert _task(args, device=None).config == TextAttackConfig()  # no second default: the CLI's are the config's
     args = build_parser().parse_args(["attack", "--gradients", str(tmp_path), "--out", str(tmp_path / "r.jsonl"),
-                                      "--no-peel", "--method", "dlg"])
-    assert not _attack_config(args).peel and _attack_config(args).method == "dlg"
+                                      "--no-peel", "--method", "dlg", "--steps", "7", "--optimizer", "adam"])
+    config = _task(args, device=None).config
+    assert not config.peel and config.method == "dlg"
+    assert config.matching.steps == 7 and config.matching.learning_rate == 0.1
+    assert config.matching.max_evaluations == TextAttackConfig().matching.max_evaluations

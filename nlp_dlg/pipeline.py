@@ -1,0 +1,164 @@
+"""One attack pipeline for every modality and task.
+
+A *task* (masked-LM text, image classification, ...) implements the small :class:`AttackTask` contract: build or
+load the model a gradient file names, attack one observation (decode it, and score it when the truth is known),
+and summarise scored rows. :func:`run_attack` drives any task: it reads the metadata of every gradient file
+first and refuses a folder whose files name different tasks or different weights (one line, before anything is
+built), then attacks each batch, streams one JSON line per reconstructed item to a temporary file that replaces
+``out`` only once the run ends (a failed run leaves an earlier results file as it was), and returns the rows and
+the summary. Both CLIs, the benchmarks and the scripts call it. Nothing here knows text or images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+from nlp_dlg.engine.errors import ConfigError, GradientFileError, ModelMismatchError
+
+logger = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a task returns for one attacked observation: one JSON row per reconstructed item (scored when the
+    truth was given), and whether Ctrl-C cut the attack short (the rows then hold the best candidate so far)."""
+
+    rows: list[Row]
+    interrupted: bool = False
+
+
+@runtime_checkable
+class AttackTask(Protocol):
+    """What a modality/task gives the pipeline."""
+
+    task_names: tuple[str, ...]
+    """The ``task`` values of the gradient files this task attacks (e.g. ``("masked-lm",)``)."""
+
+    def prepare(self, metadata: Mapping[str, Any]) -> None:
+        """Build or load the model that the files' ``metadata`` names, check its checksum, put it on the device.
+        Called once per run with the first file's metadata; a task given its model already keeps it."""
+        ...
+
+    def attack_batch(self, observation: Any, truth: Any | None, *, batch: int, generator: Any) -> BatchOutcome:
+        """Attack one gradient observation (``generator``: a seeded CPU ``torch.Generator``); decode, and score
+        against ``truth`` when it is not None."""
+        ...
+
+    def summary(self, rows: Sequence[Row]) -> str | None:
+        """A plain-text table of scored ``rows`` (None when they are not scored)."""
+        ...
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    """The rows of a run (in order), whether it was interrupted, and the summary table of scored rows."""
+
+    rows: list[Row] = field(default_factory=list)
+    interrupted: bool = False
+    summary: str | None = None
+
+
+def model_key(metadata: Mapping[str, Any]) -> str | None:
+    """What identifies the weights a gradient file was computed on: the checksum in its ``model`` entry."""
+    model = metadata.get("model")
+    return model.get("checksum") if isinstance(model, Mapping) else None
+
+
+def check_files(files: Sequence[Path], task_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The metadata of every file (tensors unread), after refusing files of another task or of other weights
+    than the first file's (e.g. two federated rounds, or two model seeds, in one folder)."""
+    from nlp_dlg.engine.observation import read_metadata
+
+    metas = [read_metadata(f) for f in files]
+    for path, meta in zip(files, metas):
+        task = meta.get("task")
+        if task not in task_names:
+            raise GradientFileError(f"{path}: a {task!r} gradient file; this command attacks "
+                                    f"{' or '.join(repr(t) for t in task_names)}")
+        if model_key(meta) != model_key(metas[0]):
+            raise ModelMismatchError(f"{path}: computed on other model weights than {files[0].name} (checksum "
+                                     f"{str(model_key(meta))[:12]}… vs {str(model_key(metas[0]))[:12]}…): attack files "
+                                     "of different weights (e.g. federated rounds or model seeds) separately")
+    return metas
+
+
+def file_batches(files: Sequence[Path]) -> Iterator[tuple[Any, None, str]]:
+    """``(observation, None, path)`` per file, loaded one at a time."""
+    from nlp_dlg.engine.observation import load_observation
+
+    for path in files:
+        yield load_observation(path), None, str(path)
+
+
+def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: str | Path | None = None,
+               pairs: Iterable[tuple[Any, Any]] | None = None,
+               on_batch: Callable[[int, BatchOutcome], None] | None = None) -> AttackRun:
+    """Attack the gradient files under ``gradients`` (a file or a folder; nothing known of the data), or the
+    in-process ``(observation, truth)`` ``pairs`` (scored), and write one JSON line per item to ``out``.
+
+    Batch ``b`` is attacked with a CPU generator seeded ``seed + b``, so one seed gives one result. Rows from
+    files carry their ``source`` path. ``on_batch(b, outcome)`` is called after each batch (progress).
+
+    Raises:
+        GradientFileError, ModelMismatchError: before any attack, for a folder that is not one task's files on
+            one set of weights.
+    """
+    import torch
+
+    if (gradients is None) == (pairs is None):
+        raise ConfigError("run_attack: pass gradient files (gradients=...) or captured pairs (pairs=...), one of them")
+    if gradients is not None:
+        from nlp_dlg.engine.observation import find_gradient_files
+
+        files = find_gradient_files(gradients)
+        metas = check_files(files, task.task_names)
+        task.prepare(metas[0])
+        batches: Iterable[tuple[Any, Any, str | None]] = file_batches(files)
+    else:
+        batches = ((obs, truth, None) for obs, truth in pairs)  # type: ignore[union-attr]
+    rows: list[Row] = []
+    interrupted = False
+    with _atomic_lines(Path(out)) as fh:
+        for b, (observation, truth, source) in enumerate(batches):
+            outcome = task.attack_batch(observation, truth, batch=b, generator=torch.Generator().manual_seed(seed + b))
+            for row in outcome.rows:
+                row = {**row, "source": source} if source is not None else row
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                rows.append(row)
+            fh.flush()
+            if on_batch is not None:
+                on_batch(b, outcome)
+            if outcome.interrupted:
+                interrupted = True
+                break
+    return AttackRun(rows, interrupted, task.summary(rows) if rows else None)
+
+
+class _atomic_lines:
+    """A text file written under a temporary name beside ``path`` and renamed over it on exit, also after Ctrl-C
+    (what was done is kept); on any other error the temporary file is removed and ``path`` is left as it was."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> IO[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        self.fh = os.fdopen(fd, "w", encoding="utf-8")
+        return self.fh
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.fh.close()
+        if kind is None or issubclass(kind, KeyboardInterrupt):
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)

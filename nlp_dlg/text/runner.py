@@ -1,0 +1,119 @@
+"""The masked-LM task in the pipeline (:class:`nlp_dlg.pipeline.AttackTask`): load the model a gradient file
+names, attack one observation with :class:`MaskedLMAttack`, log the decoded text per step, score against the
+truth when it is known, and summarise."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from nlp_dlg.pipeline import BatchOutcome, Row
+from nlp_dlg.text.attack import MaskedLMAttack, TextStep
+from nlp_dlg.text.config import TextAttackConfig
+from nlp_dlg.text.metrics import score_batch, summarize
+from nlp_dlg.text.model import load_tokenizer, model_from_metadata
+from nlp_dlg.text.task import TASK, decode_text
+from nlp_dlg.text.victim import VictimBatch
+
+logger = logging.getLogger(__name__)
+
+
+class MaskedLMTask:
+    """Attack masked-LM gradients in the pipeline.
+
+    Args:
+        config: the attack's options.
+        model, tokenizer: the model and tokenizer to attack with (the in-process victim's); None: built or loaded
+            from the first gradient file's metadata by :meth:`prepare`.
+        name_or_path: load pretrained weights from here instead of the file's ``name_or_path``.
+        tokenizer_name: the tokenizer (default: the file's).
+        verify: compare the weights' checksum with the file's.
+        weights: a weights file loaded over the model (e.g. a federated round's global weights).
+        device: where the attack runs (None: where the model is).
+        echo: where progress lines go (default: this module's logger at INFO).
+
+    Example:
+        >>> from nlp_dlg.pipeline import run_attack  # doctest: +SKIP
+        >>> task = MaskedLMTask(TextAttackConfig())  # doctest: +SKIP
+        >>> run = run_attack(task, gradients="grads/", out="results.jsonl")  # doctest: +SKIP
+    """
+
+    task_names = (TASK,)
+
+    def __init__(self, config: TextAttackConfig | None = None, *, model: PreTrainedModel | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None, name_or_path: str | None = None,
+                 tokenizer_name: str | None = None, verify: bool = True, weights: str | Path | None = None,
+                 device: torch.device | str | None = None, echo: Callable[[str], Any] | None = None) -> None:
+        self.config = config or TextAttackConfig()
+        self.model, self.tokenizer = model, tokenizer
+        self.name_or_path, self.tokenizer_name = name_or_path, tokenizer_name
+        self.verify, self.weights, self.device = verify, weights, device
+        self.echo = echo or logger.info
+        if self.model is not None and device is not None:
+            self.model.to(device)
+
+    def adopt(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Attack with the in-process victim's model and tokenizer (moved to the device, if one was given)."""
+        self.model, self.tokenizer = model, tokenizer
+        if self.device is not None:
+            self.model.to(self.device)
+
+    def prepare(self, metadata: Mapping[str, Any]) -> None:
+        if self.model is None:
+            self.model, _ = model_from_metadata(dict(metadata.get("model", {})), name_or_path=self.name_or_path,
+                                                verify=self.verify, weights=self.weights)
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_name or metadata.get("tokenizer"))
+        if self.device is not None:
+            self.model.to(self.device)
+
+    def attack_batch(self, observation: Any, truth: VictimBatch | None, *, batch: int,
+                     generator: torch.Generator) -> BatchOutcome:
+        if self.model is None or self.tokenizer is None:
+            self.prepare(observation.metadata)
+        attack = MaskedLMAttack(self.model, self.tokenizer, self.config,
+                                callbacks=[self._progress(batch)])
+        recs = attack.attack(observation, generator=generator, batch=batch)
+        rows = [r.to_json() for r in recs]
+        if truth is not None:
+            refs = [decode_text(self.tokenizer, ids.tolist()) for ids in truth.input_ids]
+            scores = score_batch([r.token_ids for r in recs], [r.reconstruction for r in recs],
+                                 truth.input_ids.tolist(), refs, ignore=set(self.tokenizer.all_special_ids))
+            rows = [{**row, **score} for row, score in zip(rows, scores)]
+        for row in rows:
+            self.echo(f"batch {batch} [{row['index']}] -> {row['reconstruction']}")
+        return BatchOutcome(rows, any(r.interrupted for r in recs))
+
+    def _progress(self, batch: int) -> Callable[[TextStep], None]:
+        steps = self.config.matching.steps
+
+        def report(step: TextStep) -> None:
+            r = step.record
+            lines = "\n".join(f"  [{i}] {t}" for i, t in enumerate(step.texts))
+            self.echo(f"batch {batch} restart {r.restart} step {r.step}/{steps} evals {r.evaluations} "
+                      f"dist {r.distance:.4g} best {r.best_distance:.4g} {r.elapsed:.1f}s\n{lines}")
+        return report
+
+    def summary(self, rows: Sequence[Row]) -> str | None:
+        return format_summary(rows) if rows and "token_accuracy" in rows[0] else None
+
+
+def format_summary(rows: Sequence[Row]) -> str:
+    """A plain-text table of scored rows: one line per sequence, then the means."""
+    head = (f"{'batch':>5} {'idx':>3} {'tokacc':>6} {'R1':>5} {'R2':>5} {'RL':>5} {'exact':>5} {'evals':>5} "
+            f"{'sec':>7}  reconstruction")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['batch']:>5} {r['index']:>3} {r['token_accuracy']:>6.3f} {r['rouge1']:>5.2f} "
+                     f"{r['rouge2']:>5.2f} {r['rougeL']:>5.2f} {str(r['exact_match']):>5} "
+                     f"{r['gradient_evaluations']:>5} {r['seconds']:>7.1f}  {r['reconstruction']}")
+    m = summarize(rows)
+    lines.append("-" * len(head))
+    lines.append(f"{'mean':>9} {m['token_accuracy']:>6.3f} {m['rouge1']:>5.2f} {m['rouge2']:>5.2f} "
+                 f"{m['rougeL']:>5.2f} {m['exact_match']:>5.2f} {m['gradient_evaluations']:>5.0f} {m['seconds']:>7.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""What both command lines do the same way, on the one pipeline: refuse a folder of mixed weights, run on a chosen
+device, refuse a device that is not there, keep an earlier results file when an attack fails."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import SENTENCE
+
+VISION = ["--dataset", "skimage", "--index", "0", "--labels", "1", "--num-classes", "10", "--image-size", "16"]
+
+
+def _run(capsys, cli: str, *args: str) -> tuple[int, str]:
+    """The exit code and stderr of ``nlp-dlg`` or ``vision-dlg`` run in this process."""
+    from nlp_dlg.cli import main as text_main
+    from vision_dlg.cli import main as vision_main
+
+    capsys.readouterr()
+    code = (text_main if cli == "nlp-dlg" else vision_main)(["-q", *args])
+    return code, capsys.readouterr().err
+
+
+def _victim(cli: str, config_file) -> list[str]:
+    """Private data and a small model for ``cli``."""
+    if cli == "nlp-dlg":
+        return ["--text", SENTENCE, "--model-config", str(config_file), "--mlm-probability", "1.0", "--mask-seed", "0"]
+    return list(VISION)
+
+
+def _one_line(code: int, err: str, message: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+@pytest.mark.parametrize("cli", ["nlp-dlg", "vision-dlg"])
+def test_a_folder_of_files_computed_on_different_weights_is_refused(cli, tmp_path, capsys, tiny_config_file):
+    for seed in (0, 1):
+        code, err = _run(capsys, cli, "capture", *_victim(cli, tiny_config_file), "--seed", str(seed),
+                         "--out", str(tmp_path / f"s{seed}"))
+        assert code == 0, err
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(tmp_path / "s0" / "batch-000.safetensors", mixed / "batch-000.safetensors")
+    shutil.copy(tmp_path / "s1" / "batch-000.safetensors", mixed / "batch-001.safetensors")
+    code, err = _run(capsys, cli, "attack", "--gradients", str(mixed), "--out", str(tmp_path / "r.jsonl"))
+    _one_line(code, err, "batch-001.safetensors: computed on other model weights than batch-000.safetensors")
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("cli", ["nlp-dlg", "vision-dlg"])
+def test_device_cpu_on_both_sides(cli, tmp_path, capsys, tiny_config_file):
+    code, err = _run(capsys, cli, "capture", *_victim(cli, tiny_config_file), "--device", "cpu",
+                     "--out", str(tmp_path / "g"))
+    assert code == 0, err
+    code, err = _run(capsys, cli, "attack", "--gradients", str(tmp_path / "g"), "--device", "cpu", "--steps", "2",
+                     "--out", str(tmp_path / "r.jsonl"), *(["--save-images", str(tmp_path / "img")]
+                                                           if cli == "vision-dlg" else []))
+    assert code == 0, err
+    assert (tmp_path / "r.jsonl").read_text().count("\n") == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("cli", ["nlp-dlg", "vision-dlg"])
+def test_a_device_that_is_not_there_is_one_line(cli, tmp_path, capsys, tiny_config_file):
+    victim = _victim(cli, tiny_config_file)
+    for command in (["capture", *victim, "--out", str(tmp_path / "g")],
+                    ["attack", *victim, "--out", str(tmp_path / "r.jsonl")]):
+        _one_line(*_run(capsys, cli, *command, "--device", "cuda"), "device: 'cuda' is not available")
+        _one_line(*_run(capsys, cli, *command, "--device", "gpu7"), "device: expected one of auto | cpu")
+    assert not (tmp_path / "g").exists() and not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("cli", ["nlp-dlg", "vision-dlg"])
+def test_a_failed_attack_leaves_an_earlier_results_file_as_it_was(cli, tmp_path, capsys, tiny_config_file):
+    from nlp_dlg.engine import load_observation, save_observation
+
+    assert _run(capsys, cli, "capture", *_victim(cli, tiny_config_file), "--out", str(tmp_path / "g"))[0] == 0
+    obs = load_observation(tmp_path / "g" / "batch-000.safetensors")
+    bad = {n: t.clone() for n, t in obs.gradients.items()}
+    next(iter(bad.values())).view(-1)[0] = float("nan")
+    save_observation(type(obs)(bad, obs.metadata), tmp_path / "g" / "batch-001.safetensors")
+    out = tmp_path / "r.jsonl"
+    out.write_text("an earlier run's results\n")
+    code, err = _run(capsys, cli, "attack", "--gradients", str(tmp_path / "g"), "--steps", "1", "--out", str(out),
+                     *(["--save-images", str(tmp_path / "img")] if cli == "vision-dlg" else []))
+    _one_line(code, err, "NaN/Inf")
+    assert out.read_text() == "an earlier run's results\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.jsonl")] == []

@@ -1,0 +1,107 @@
+"""vision-dlg end to end: two-process round trip, options reaching the attack, and bad input as one clean line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nlp_dlg.engine import load_observation, save_observation
+
+
+def _vision_cli(*args: str) -> subprocess.CompletedProcess:
+    """``vision-dlg`` in its own process (the real exit path)."""
+    return subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", *args], capture_output=True, text=True)
+
+
+def _vision_main(capsys, *args: str) -> tuple[int, str]:
+    """``vision-dlg`` in this process (same code path after argument parsing, without a second torch import):
+    the exit code and what went to stderr."""
+    from vision_dlg.cli import main
+
+    capsys.readouterr()
+    code = main(["-q", *args])
+    return code, capsys.readouterr().err
+
+
+def test_cli_scores_a_train_mode_gradient_after_the_brightness_contrast_fit(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "1", "--labels", "4", "--model",
+                             "resnet20", "--num-classes", "10", "--image-size", "8", "--train-mode", "--steps", "1",
+                             "--out", str(out), "--save-images", str(tmp_path / "img"))
+    assert code == 0, err
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["fit"] == "brightness-contrast" and row["psnr"] >= row["psnr_raw"] - 1e-9
+
+
+def test_attack_options_reach_the_attack_config(capsys):
+    from vision_dlg.cli import _task, build_parser
+    from vision_dlg.config import BOXED_INIT_STD, ImageAttackConfig
+
+    parse = build_parser().parse_args
+    assert _task(parse(["attack", "--out", "r"]), device=None).config == ImageAttackConfig()  # the config's defaults
+    config = _task(parse(["attack", "--out", "r", "--no-normalize", "--init-std", "0.2", "--steps", "9",
+                          "--tolerance", "0"]), device=None).config
+    assert not config.matching.normalize and config.init_std == 0.2
+    assert config.matching.steps == 9 and config.matching.tolerance == 0
+    with pytest.raises(SystemExit):
+        parse(["attack", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"{BOXED_INIT_STD:g} for logits" in help_text and "(default: 300)" in help_text
+
+
+def test_init_std_out_of_range_is_one_line(tmp_path, capsys):
+    code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "1", "--labels", "4",
+                             "--num-classes", "10", "--image-size", "16", "--init-std", "-1", "--out",
+                             str(tmp_path / "r.jsonl"))
+    assert code == 2 and "init_std" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.subprocess
+def test_cli_capture_then_attack_in_two_processes(tmp_path):
+    grads = tmp_path / "grads"
+    done = _vision_cli("capture", "--dataset", "skimage", "--index", "1", "--labels", "4", "--num-classes", "10",
+                       "--image-size", "16", "--out", str(grads))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "r.jsonl"
+    done = _vision_cli("attack", "--gradients", str(grads), "--out", str(out), "--steps", "5",
+                       "--save-images", str(tmp_path / "img"))
+    assert done.returncode == 0, done.stderr
+    row = json.loads(out.read_text().splitlines()[0])
+    assert row["label"] == 4 and (tmp_path / "img" / "batch-000-0.png").is_file()
+    assert (tmp_path / "img" / "progress-batch-000.png").is_file() and "mse" not in row
+    assert row["source"] == str(grads / "batch-000.safetensors") and {"distance", "steps"} <= set(row)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image", "/no/such.png", "--labels", "1"], "no such image"),
+    (["--dataset", "skimage", "--index", "0", "1", "--labels", "1"], "expected 2 label"),
+    (["--dataset", "skimage", "--index", "0", "--labels", "10"], "labels: expected integers in [0, 10)"),
+    (["--dataset", "skimage", "--index", "99"], "out of range"),
+])
+def test_cli_bad_victim_input_is_one_line(tmp_path, capsys, args, message):
+    code, err = _vision_main(capsys, "capture", "--num-classes", "10", "--image-size", "16", "--out", str(tmp_path),
+                             *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_refuses_a_file_for_another_model_and_nan(tmp_path, capsys):
+    grads = tmp_path / "g"
+    assert _vision_main(capsys, "capture", "--dataset", "skimage", "--index", "0", "--labels", "1",
+                        "--num-classes", "10", "--image-size", "16", "--out", str(grads))[0] == 0
+    path = grads / "batch-000.safetensors"
+    obs = load_observation(path)
+    other = dict(obs.metadata)
+    other["model"] = {**other["model"], "checksum": "0" * 64}
+    save_observation(type(obs)(obs.gradients, other), tmp_path / "other.safetensors")
+    code, err = _vision_main(capsys, "attack", "--gradients", str(tmp_path / "other.safetensors"), "--out",
+                             str(tmp_path / "r"))
+    assert code == 2 and "checksum" in err
+    bad = {n: t.clone() for n, t in obs.gradients.items()}
+    bad["fc.bias"][0] = float("nan")
+    save_observation(type(obs)(bad, obs.metadata), tmp_path / "nan.safetensors")
+    code, err = _vision_main(capsys, "attack", "--gradients", str(tmp_path / "nan.safetensors"), "--out",
+                             str(tmp_path / "r"))
+    assert code == 2 and "NaN" in err and len(err.strip().splitlines()) == 1

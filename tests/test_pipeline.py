@@ -1,0 +1,91 @@
+"""The one pipeline, with a stand-in task: files checked before anything is built, one seed per batch, rows
+streamed with their source, results replaced only when a run ends, Ctrl-C keeping what was done."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nlp_dlg.engine import GradientObservation, save_observation
+from nlp_dlg.engine.errors import GradientFileError, ModelMismatchError
+from nlp_dlg.pipeline import AttackTask, BatchOutcome, run_attack
+
+
+class ToyTask:
+    task_names = ("toy",)
+
+    def __init__(self, interrupt_at: int | None = None, fail_at: int | None = None) -> None:
+        self.prepared: list[dict] = []
+        self.interrupt_at, self.fail_at = interrupt_at, fail_at
+
+    def prepare(self, metadata):
+        self.prepared.append(dict(metadata))
+
+    def attack_batch(self, observation, truth, *, batch, generator):
+        if batch == self.fail_at:
+            raise ValueError("the attack failed")
+        draw = float(torch.rand(1, generator=generator))
+        rows = [{"batch": batch, "index": 0, "draw": draw, "g": float(observation.gradients["w"][0])}]
+        if truth is not None:
+            rows[0]["truth"] = truth
+        return BatchOutcome(rows, interrupted=batch == self.interrupt_at)
+
+    def summary(self, rows):
+        return f"{len(rows)} row(s)"
+
+
+def _files(tmp_path, checksums=("a", "a", "a"), task="toy"):
+    folder = tmp_path / "g"
+    for i, checksum in enumerate(checksums):
+        obs = GradientObservation({"w": torch.full((2,), float(i))}, {"task": task, "model": {"checksum": checksum}})
+        save_observation(obs, folder / f"batch-{i:03d}.safetensors")
+    return folder
+
+
+def test_the_toy_task_is_an_attack_task():
+    assert isinstance(ToyTask(), AttackTask)
+
+
+def test_files_are_attacked_in_order_with_one_seed_per_batch_and_their_source(tmp_path):
+    task, out = ToyTask(), tmp_path / "r.jsonl"
+    run = run_attack(task, gradients=_files(tmp_path), out=out, seed=5)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == run.rows and [r["g"] for r in rows] == [0.0, 1.0, 2.0]
+    assert [r["draw"] for r in rows] == [float(torch.rand(1, generator=torch.Generator().manual_seed(5 + b)))
+                                         for b in range(3)]
+    assert rows[1]["source"].endswith("batch-001.safetensors")
+    assert len(task.prepared) == 1 and task.prepared[0]["model"]["checksum"] == "a"
+    assert run.summary == "3 row(s)" and not run.interrupted
+
+
+def test_files_of_other_weights_or_another_task_are_refused_before_anything_is_built(tmp_path):
+    task = ToyTask()
+    with pytest.raises(ModelMismatchError, match="batch-002.safetensors: computed on other model weights"):
+        run_attack(task, gradients=_files(tmp_path, ("a", "a", "b")), out=tmp_path / "r.jsonl")
+    with pytest.raises(GradientFileError, match="a 'masked-lm' gradient file; this command attacks 'toy'"):
+        run_attack(task, gradients=_files(tmp_path / "t", task="masked-lm"), out=tmp_path / "r.jsonl")
+    assert task.prepared == [] and not (tmp_path / "r.jsonl").exists()
+
+
+def test_an_interrupt_keeps_the_rows_done_and_stops(tmp_path):
+    run = run_attack(ToyTask(interrupt_at=1), gradients=_files(tmp_path), out=tmp_path / "r.jsonl")
+    assert run.interrupted and len(run.rows) == 2
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_failure_leaves_the_earlier_results_and_no_temporary_file(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text("earlier\n")
+    with pytest.raises(ValueError, match="the attack failed"):
+        run_attack(ToyTask(fail_at=2), gradients=_files(tmp_path), out=out)
+    assert out.read_text() == "earlier\n" and sorted(p.name for p in tmp_path.iterdir()) == ["g", "r.jsonl"]
+
+
+def test_in_process_pairs_are_scored_rows_without_a_source(tmp_path):
+    obs = GradientObservation({"w": torch.zeros(2)}, {"task": "toy"})
+    run = run_attack(ToyTask(), pairs=[(obs, "truth-0")], out=tmp_path / "r.jsonl")
+    assert run.rows[0]["truth"] == "truth-0" and "source" not in run.rows[0]
+    with pytest.raises(ValueError, match="one of them"):
+        run_attack(ToyTask(), out=tmp_path / "r.jsonl")

@@ -1,0 +1,123 @@
+"""The image task's options, in plain Python (no torch): the command line builds its parser, its choices and its
+defaults from them, so there is no second default to drift."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from nlp_dlg.engine.config import PRIORS, MatchingConfig
+from nlp_dlg.engine.errors import ConfigError
+
+RESNET_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet56": 9}
+MODELS = ("lenet", *RESNET_DEPTHS)
+LABEL_METHODS = ("analytic", "dlg")
+# Initial pixel logits: std 1 saturates many sigmoid pixels, where the matching's gradient is small. ResNet-20
+# (train mode, 32x32, scripts/reproduce_table1.py): batches 1, 2, 4 restored at steps 36, 57, 388 instead of 128,
+# 101 and a stall near 16 dB; LeNet batch 4 (benchmarks/bench_vision.py): mean 29.0 dB instead of 28.5 dB.
+BOXED_INIT_STD = 0.01
+BATCH_TV = 1e-3  # LeNet, 4 LFW faces at 32x32: 13 dB without, 29 dB with (boxed pixels, 300 L-BFGS steps)
+# contrast_sensitivity below this: the gradient is blind to the batch's contrast (benchmarks/bench_contrast.py:
+# train-mode ResNet-20 5.5e-4 to 1.1e-3; its eval mode and LeNet 0.62 to 2.1). There an added prior shrinks the
+# contrast along that blind direction: a train-mode ResNet-20 batch of 8 at 16x16 went from pixel std 0.15 to
+# 0.03 (mean 0.5 to 0.09) and stalled at 28.7 dB. The default there scales the distance by (1 + SCALED_TV·TV)
+# instead (``prior="scale"``), a prior that fades as the gradients match: restored at step 29.
+CONTRAST_BLIND = 1e-2
+SCALED_TV = 1.0
+
+
+@dataclass(frozen=True)
+class VisionModelSpec:
+    """A named victim model: ``name`` in :data:`MODELS`, classes, input shape, init seed."""
+
+    name: str = "lenet"
+    num_classes: int = 100
+    channels: int = 3
+    image_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in MODELS:
+            raise ConfigError(f"model: expected one of {', '.join(MODELS)}, got {self.name!r}")
+        for field_name in ("num_classes", "channels", "image_size"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{field_name}: expected a positive integer, got {value!r}")
+        if self.num_classes < 2:
+            raise ConfigError(f"num_classes: expected at least 2, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class ImageAttackConfig:
+    """Attacker options.
+
+    Args:
+        label_method: ``analytic`` (labels read off the classifier's gradient; pixels optimised) or
+            ``dlg`` (soft labels optimised with the pixels, as the paper).
+        matching: the engine's options; the default is the paper's (L2, L-BFGS lr 1.0, 300 steps; stop at a
+            distance of 1e-10) with an
+            objective that starts below 1 lifted to 1 for L-BFGS (``normalize``: same minimiser).
+        tv: weight of a total-variation prior on the images; None (default): 0 for one image; for a batch
+            ``BATCH_TV`` added to the distance (a batch's gradient leaves room for noise-like images that
+            match it), or ``SCALED_TV`` scaling it.
+        prior: how the prior enters the objective, ``add`` or ``scale`` (the attack sets the engine's
+            ``MatchingConfig.prior`` from this); None (default): ``scale`` where the gradient is blind to the
+            batch's contrast (train-mode batch norm: an added prior shrinks the contrast along that blind
+            direction), else ``add``.
+        clamp: keep the pixels in [0, 1] after each step (unboxed pixels only).
+        box: optimise pixel logits (pixels = their sigmoid, always in (0, 1)); None (default): raw pixels as
+            DLG published for one image (they converge faster there), logits for a batch or a train-mode
+            gradient (batch norm on the batch's statistics ignores the image's scale, so raw pixels drift
+            out of range there).
+        init_std: standard deviation of the initial pixels (or pixel logits with ``box``); None (default): 1,
+            DLG's standard normal, for raw pixels, and ``BOXED_INIT_STD`` for logits.
+        log_every: call the callbacks every this many steps (and at step 0 and the last).
+    """
+
+    label_method: str = "analytic"
+    matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="l2", steps=300, tolerance=1e-10,
+                                                                            normalize=True))
+    tv: float | None = None
+    prior: str | None = None
+    clamp: bool = False
+    box: bool | None = None
+    init_std: float | None = None
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.label_method not in LABEL_METHODS:
+            raise ConfigError(f"label_method: expected one of {', '.join(LABEL_METHODS)}, got {self.label_method!r}")
+        if self.tv is not None and not (self.tv >= 0):
+            raise ConfigError(f"tv: expected a non-negative number, got {self.tv!r}")
+        if self.prior is not None and self.prior not in PRIORS:
+            raise ConfigError(f"prior: expected one of {', '.join(PRIORS)}, got {self.prior!r}")
+        if self.init_std is not None and not (math.isfinite(self.init_std) and self.init_std > 0):
+            raise ConfigError(f"init_std: expected a positive finite number, got {self.init_std!r}")
+        if not isinstance(self.log_every, int) or self.log_every <= 0:
+            raise ConfigError(f"log_every: expected a positive integer, got {self.log_every!r}")
+
+    def uses_box(self, batch_size: int, *, train: bool) -> bool:
+        """Whether the pixels are boxed (the sigmoid of optimised logits) for this batch size and mode."""
+        return self.box if self.box is not None else (batch_size > 1 or train)
+
+    def prior_for(self, batch_size: int, *, contrast_blind: bool = False) -> tuple[float, str]:
+        """The total-variation weight and how it enters the objective (``add`` or ``scale``) for a batch of
+        ``batch_size`` (``contrast_blind``: the gradient does not see the batch's contrast,
+        :func:`vision_dlg.victim.contrast_sensitivity`)."""
+        form = self.prior or ("scale" if contrast_blind else "add")
+        if self.tv is not None:
+            return self.tv, form
+        if batch_size == 1:
+            return 0.0, form
+        return (SCALED_TV if form == "scale" else BATCH_TV), form
+
+    def probes_contrast(self, batch_size: int) -> bool:
+        """Whether the attack must measure the gradient's contrast sensitivity to choose how the prior enters:
+        the form is not given and the prior's weight is not 0."""
+        return self.prior is None and (bool(self.tv) if self.tv is not None else batch_size > 1)
+
+    def initial_std(self, box: bool) -> float:
+        """The std of the initial pixels (``box``: pixel logits) this config gives."""
+        if self.init_std is not None:
+            return self.init_std
+        return BOXED_INIT_STD if box else 1.0
