@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vision_dlg import VisionModelSpec, build_model
 from vision_dlg.attack import CONTRAST_BLIND
-from vision_dlg.victim import contrast_sensitivity
+from vision_dlg.task import contrast_sensitivity
 
 HERE = Path(__file__).resolve().parent
 

@@ -29,47 +29,32 @@ HERE = Path(__file__).resolve().parent
 
 
 def attack_one(args: argparse.Namespace) -> None:
-    """Child process: attack every file of ``args.gradients`` with ``args.method``, print one JSON line."""
+    """Child process: attack every file of ``args.gradients`` with ``args.method`` on the pipeline, score the rows
+    against the sentences, print one JSON line."""
     import logging
 
-    import torch
-
-    from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
-    from nlp_dlg.text import (
-        MaskedLMAttack,
-        TextAttackConfig,
-        decode_text,
-        load_tokenizer,
-        model_from_metadata,
-        score_batch,
-        summarize,
-    )
+    from nlp_dlg.engine import MatchingConfig, find_gradient_files, read_metadata
+    from nlp_dlg.pipeline import run_attack
+    from nlp_dlg.text import MaskedLMTask, TextAttackConfig, summarize
+    from nlp_dlg.text.runner import score_rows
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()]
-    files = find_gradient_files(args.gradients)
-    first = load_observation(files[0])
-    model, _ = model_from_metadata(first.metadata["model"])
-    tokenizer = load_tokenizer(first.metadata.get("tokenizer"))
-    special = set(tokenizer.all_special_ids)
     naive = args.method == "naive"
     config = TextAttackConfig(method="dlg" if naive else args.method, use_priors=not naive,
                               matching=MatchingConfig(distance="l2" if naive else "cosine", steps=1000,
                                                       max_evaluations=args.max_evals),
                               patience=None if args.method == "span" else 3)
-    rows, seconds = [], []
-    for b, path in enumerate(files):
-        obs = load_observation(path)
-        refs = sentences[b * args.batch_size:(b + 1) * args.batch_size]
-        ref_ids = [tokenizer(s)["input_ids"] for s in refs]
-        started = time.perf_counter()
-        recs = MaskedLMAttack(model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(b))
-        seconds.append(time.perf_counter() - started)
-        scores = score_batch([r.token_ids for r in recs], [r.reconstruction for r in recs], ref_ids,
-                             [decode_text(tokenizer, ids) for ids in ref_ids], ignore=special)
-        rows += [{**r.to_json(), **s} for r, s in zip(recs, scores)]
+    task = MaskedLMTask(config, echo=lambda line: None)
+    task.prepare(read_metadata(find_gradient_files(args.gradients)[0]))  # the model is built before the clock starts
+    ends = [time.perf_counter()]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = run_attack(task, gradients=args.gradients, out=Path(tmp) / "rows.jsonl", seed=0,
+                         on_batch=lambda b, outcome: ends.append(time.perf_counter()))
+    seconds = [b - a for a, b in zip(ends, ends[1:])]
+    rows = score_rows(run.rows, sentences, task.tokenizer)
     means = summarize(rows)
-    print(json.dumps({"sentences": len(rows), "batches": len(files),
+    print(json.dumps({"sentences": len(rows), "batches": len(seconds),
                       "token_accuracy": round(means["token_accuracy"], 4), "rouge1": round(means["rouge1"], 4),
                       "rouge2": round(means["rouge2"], 4), "rougeL": round(means["rougeL"], 4),
                       "exact_match": round(means["exact_match"], 4),

@@ -75,7 +75,7 @@ def main() -> None:
             rec = attack.attack(load_observation(path), generator=torch.Generator().manual_seed(i))[0]
             row = {"sentence": sentence, "tokens": len(reference), "reconstruction": rec.reconstruction,
                    "final_token_accuracy": token_accuracy(list(rec.token_ids), reference, ignore=special),
-                   "gradient_evaluations": rec.evaluations, "steps": rec.iterations,
+                   "gradient_evaluations": rec.evaluations, "steps": rec.steps,
                    "seconds": round(rec.seconds, 1), "seconds_per_evaluation": round(rec.seconds / rec.evaluations, 3),
                    **reached, "curve": curve}
             out.write(json.dumps(row) + "\n")

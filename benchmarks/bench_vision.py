@@ -2,8 +2,9 @@
 
 Images: faces 80.. of scikit-image's `lfw_subset` (25x25 grey LFW crops, upscaled to 32x32 RGB; none of them
 is used by the tests or the scripts), labels (3 i + 1) mod 100. `vision-dlg capture` writes the gradient
-files in a subprocess; this process attacks them with the defaults (DLG, iDLG label / batch label counts,
-L2, L-BFGS lr 1.0, 300 steps, stop at distance 1e-10) and scores against the images (Hungarian pairing).
+files in a subprocess; this process attacks them on the pipeline with the defaults (DLG, iDLG label / batch
+label counts, L2, L-BFGS lr 1.0, 300 steps, stop at distance 1e-10) and scores against the images (Hungarian
+pairing).
 Appends one JSON line per batch size to `benchmarks/results/vision.jsonl`.
 
     .venv/bin/python benchmarks/bench_vision.py [--batch-sizes 1 4] [--images 8]
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,12 +26,49 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
+def measure(args: argparse.Namespace, bs: int, indices: list[int], labels: list[int], truth: torch.Tensor):
+    """Capture batches of ``bs`` in a subprocess, attack the files here on the pipeline: rows, the attack's seconds
+    per batch, its config."""
+    from nlp_dlg.engine import find_gradient_files, load_observation, read_metadata
+    from nlp_dlg.pipeline import run_attack
+    from vision_dlg import ImageAttackConfig, ImageTask, VisionBatch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", "capture", "--dataset", "lfw-subset",
+                        "--index", *map(str, indices), "--labels", ",".join(map(str, labels)),
+                        "--batch-size", str(bs), "--out", tmp], check=True)
+        files = find_gradient_files(tmp)
+        defaults = ImageAttackConfig()
+        config = ImageAttackConfig(matching=replace(defaults.matching, steps=args.steps, normalize=args.normalize),
+                                   init_std=args.init_std)
+        task = ImageTask(config, images_dir=Path(tmp) / "images", echo=lambda line: None)
+        task.prepare(read_metadata(files[0]))           # the model is built before the clock starts
+        # the files were captured in another process; the truth goes along only to score the reconstructions
+        pairs = ((load_observation(f), VisionBatch(b, truth[b * bs:(b + 1) * bs],
+                                                   torch.tensor(labels[b * bs:(b + 1) * bs])))
+                 for b, f in enumerate(files))
+        ends = [time.perf_counter()]
+
+        def report(b: int, outcome) -> None:
+            ends.append(time.perf_counter())
+            print(f"B={bs} batch {b}: PSNR {[round(r['psnr'], 1) for r in outcome.rows]} labels ok "
+                  f"{[r['label_correct'] for r in outcome.rows]} {ends[-1] - ends[-2]:.1f}s", flush=True)
+
+        run = run_attack(task, pairs=pairs, out=Path(tmp) / "rows.jsonl", seed=0, on_batch=report)
+    rows = [{"batch": r["batch"], "psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4),
+             "label_correct": r["label_correct"], "steps": r["steps"], "evaluations": r["gradient_evaluations"]}
+            for r in run.rows]
+    # the attack's own seconds per batch (as ImageAttack reports them), without scoring and PNG writing
+    seconds = [max(r["seconds"] for r in run.rows if r["batch"] == b) for b in range(len(files))]
+    return rows, seconds, config
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--images", type=int, default=8, help="images per batch size (a multiple of each)")
     ap.add_argument("--first", type=int, default=80, help="first lfw_subset index (default: 80)")
-    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--no-normalize", dest="normalize", action="store_false",
                     help="no lifting of a distance that starts below 1 (MatchingConfig.normalize; LeNet's start above "
                          "1, so the rows are the same either way)")
@@ -37,37 +76,14 @@ def main() -> None:
                     help="std of the initial pixels or pixel logits (default: the attack's)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "vision.jsonl")
     args = ap.parse_args()
-    from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
-    from vision_dlg import ImageAttack, ImageAttackConfig, dataset_image, model_from_metadata, score_images
+    from vision_dlg import dataset_image
 
     indices = list(range(args.first, args.first + args.images))
     labels = [(3 * i + 1) % 100 for i in range(args.images)]
     truth = torch.stack([dataset_image("lfw-subset", i)[0] for i in indices])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for bs in args.batch_sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", "capture", "--dataset", "lfw-subset",
-                            "--index", *map(str, indices), "--labels", ",".join(map(str, labels)),
-                            "--batch-size", str(bs), "--out", tmp], check=True)
-            files = find_gradient_files(tmp)
-            model, _ = model_from_metadata(dict(load_observation(files[0]).metadata["model"]))
-            config = ImageAttackConfig(matching=MatchingConfig(steps=args.iters, tolerance=1e-10,
-                                                                normalize=args.normalize),
-                                        init_std=args.init_std)
-            rows, seconds = [], []
-            for b, path in enumerate(files):
-                started = time.perf_counter()
-                recs = ImageAttack(model, config).attack(load_observation(path),
-                                                         generator=torch.Generator().manual_seed(b))
-                seconds.append(time.perf_counter() - started)
-                ref = truth[b * bs:(b + 1) * bs]
-                scores = score_images(torch.stack([r.image for r in recs]), torch.tensor([r.label for r in recs]), ref,
-                                      torch.tensor(labels[b * bs:(b + 1) * bs]))
-                rows += [{"batch": b, "psnr": round(s["psnr"], 2), "ssim": round(s["ssim"], 4),
-                          "label_correct": s["label_correct"], "steps": r.iterations,
-                          "evaluations": r.evaluations} for r, s in zip(recs, scores)]
-                print(f"B={bs} batch {b}: PSNR {[round(s['psnr'], 1) for s in scores]} labels ok "
-                      f"{[s['label_correct'] for s in scores]} {seconds[-1]:.1f}s", flush=True)
+        rows, seconds, config = measure(args, bs, indices, labels, truth)
         n = len(rows)
         summary = {"model": "lenet", "batch_size": bs, "images": n, "normalize": args.normalize,
                    "init_std": config.initial_std(config.uses_box(bs, train=False)),
@@ -81,6 +97,8 @@ def main() -> None:
         with args.out.open("a") as fh:
             fh.write(json.dumps(summary) + "\n")
         print(json.dumps({k: v for k, v in summary.items() if k != "rows"}), flush=True)
+
+
 
 
 if __name__ == "__main__":

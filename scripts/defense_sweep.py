@@ -117,7 +117,7 @@ def text_rows(specs: list[str], samples: int, max_evals: int, args: argparse.Nam
                              "sample": i, "token_accuracy": round(score["token_accuracy"], 4),
                              "rouge1": round(score["rouge1"], 4), "rouge2": round(score["rouge2"], 4),
                              "utility_cosine": round(cosine(dict(obs.gradients), dict(clean_obs.gradients)), 6),
-                             "epsilon": _epsilon(d, args), "final_distance": rec.loss,
+                             "epsilon": _epsilon(d, args), "final_distance": rec.distance,
                              "gradient_evaluations": rec.evaluations, "seconds": round(seconds, 1)})
                 print(f"text   {method:5} {d:14} [{i}] tokacc {score['token_accuracy']:.3f} "
                       f"cos {rows[-1]['utility_cosine']:.4f} {seconds:.0f}s  {rec.reconstruction[:60]}", flush=True)

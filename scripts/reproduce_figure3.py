@@ -7,7 +7,7 @@ through `datasets` when a hub is reachable; offline, real stand-ins: scikit-lear
 scikit-image's `lfw_subset` (LFW). Writes a grid PNG (rows: datasets; columns: iterations 0, 10, 20, ...
 and the truth) and the results as JSON lines.
 
-    .venv/bin/python scripts/reproduce_figure3.py [--iters 100] [--out runs/figure3]
+    .venv/bin/python scripts/reproduce_figure3.py [--steps 100] [--out runs/figure3]
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def load(hub: str, index: int, offline) -> tuple[torch.Tensor, int, str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=100, help="L-BFGS steps per image (default: 100)")
+    ap.add_argument("--steps", type=int, default=100, help="L-BFGS steps per image (default: 100)")
     ap.add_argument("--every", type=int, default=10, help="a grid column every N steps (default: 10)")
     ap.add_argument("--out", type=Path, default=Path("runs/figure3"))
     ap.add_argument("--offline", action="store_true", help="do not try the hub: use the offline stand-ins")
@@ -60,17 +60,17 @@ def main() -> None:
         image, label, source = load(hub, index, offline)
         [(obs, truth)] = capture_images(model, image[None], [label], model_info=info)
         frames: list[torch.Tensor] = []
-        config = ImageAttackConfig(matching=MatchingConfig(steps=args.iters, tolerance=1e-10), log_every=args.every)
+        config = ImageAttackConfig(matching=MatchingConfig(steps=args.steps, tolerance=1e-10), log_every=args.every)
         rec = ImageAttack(model, config, callbacks=[lambda s, f=frames: f.append(s.images[0])]).attack(
             obs, generator=torch.Generator().manual_seed(0))[0]
         rows.append((frames, truth.images[0]))
         titles.append(name)
         row = {"dataset": name, "source": source, "label": label, "label_recovered": rec.label,
                "psnr": round(psnr(rec.image, truth.images[0]), 2), "ssim": round(ssim(rec.image, truth.images[0]), 4),
-               "iterations": rec.iterations, "gradient_evaluations": rec.evaluations, "seconds": round(rec.seconds, 1)}
+               "iterations": rec.steps, "gradient_evaluations": rec.evaluations, "seconds": round(rec.seconds, 1)}
         results.append(row)
         print(f"{name:10} ({source}): label {rec.label}/{label}  PSNR {row['psnr']:.1f} dB  SSIM {row['ssim']:.3f}  "
-              f"{rec.iterations} steps, {rec.evaluations} evaluations, {rec.seconds:.0f}s", flush=True)
+              f"{rec.steps} steps, {rec.evaluations} evaluations, {rec.seconds:.0f}s", flush=True)
     width = max(len(frames) for frames, _ in rows)          # a run that stopped early keeps its last frame
     grid_rows = [frames + frames[-1:] * (width - len(frames)) + [truth] for frames, truth in rows]
     columns = [f"it {i * args.every}" for i in range(width)] + ["truth"]

@@ -6,7 +6,7 @@ Baseline (no gradient used, clearly not DLG): the mean of the other images of th
 prior over such images gives without any leakage. Writes per-image MSE as JSON lines and a PNG
 (log-scale MSE per image: DLG vs the baseline).
 
-    .venv/bin/python scripts/reproduce_figure6.py [--faces 6] [--iters 100] [--out runs/figure6]
+    .venv/bin/python scripts/reproduce_figure6.py [--faces 6] [--steps 100] [--out runs/figure6]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--faces", type=int, default=6, help="LFW faces (lfw_subset indices 40, 41, ...)")
     ap.add_argument("--photos", type=int, default=4, help="scikit-image photos")
-    ap.add_argument("--iters", type=int, default=100, help="L-BFGS steps per image (default: 100)")
+    ap.add_argument("--steps", type=int, default=100, help="L-BFGS steps per image (default: 100)")
     ap.add_argument("--out", type=Path, default=Path("runs/figure6"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -39,7 +39,7 @@ def main() -> None:
     model = build_model(spec)
     labels = [(11 * i + 5) % 100 for i in range(len(images))]
     pairs = capture_images(model, torch.stack(images), labels, model_info=model_metadata(model, spec))
-    config = ImageAttackConfig(matching=MatchingConfig(steps=args.iters, tolerance=1e-10))
+    config = ImageAttackConfig(matching=MatchingConfig(steps=args.steps, tolerance=1e-10))
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (obs, truth) in enumerate(pairs):

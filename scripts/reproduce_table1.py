@@ -113,7 +113,7 @@ def main() -> None:
                "steps_to_restore": reached.get("steps"), "evaluations_to_restore": reached.get("evaluations"),
                "seconds_to_restore": round(reached["seconds"], 1) if "seconds" in reached else None,
                "final_min_psnr": round(reached.get("last_min_psnr", 0.0), 2),
-               "final_min_raw_psnr": round(reached.get("last_min_raw_psnr", 0.0), 2), "steps_run": rec[0].iterations,
+               "final_min_raw_psnr": round(reached.get("last_min_raw_psnr", 0.0), 2), "steps_run": rec[0].steps,
                "seconds_run": round(time.perf_counter() - started, 1), "paper_iterations": PAPER.get(bs)}
         if row["restored"] and bs in PAPER:
             row["ratio_to_paper"] = round(row["steps_to_restore"] / PAPER[bs], 3)
@@ -123,7 +123,7 @@ def main() -> None:
         print(f"batch {bs}: " + (f"restored at step {row['steps_to_restore']} ({row['evaluations_to_restore']} "
                                  f"evaluations, {row['seconds_to_restore']}s); paper {PAPER.get(bs)}, ratio "
                                  f"{row.get('ratio_to_paper')}" if row["restored"] else
-                                 f"not restored in {rec[0].iterations} steps (min PSNR {row['final_min_psnr']} dB)"),
+                                 f"not restored in {rec[0].steps} steps (min PSNR {row['final_min_psnr']} dB)"),
               flush=True)
     print(f"\n{'batch':>5} {'steps':>6} {'evals':>6} {'paper':>6} {'ratio':>6}")
     for r in rows:

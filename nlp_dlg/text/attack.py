@@ -89,10 +89,12 @@ class Reconstruction:
     certified: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON-lines record (``steps`` are optimizer steps, ``gradient_evaluations`` closures;
+        """The JSON-lines record (``token_ids``: the decoded ids, special tokens included, as scored;
+        ``steps`` are optimizer steps, ``gradient_evaluations`` closures;
         ``certified``: the analytic checks found this sequence exactly, no matching was needed)."""
         return {"batch": self.batch, "index": self.index, "reconstruction": self.reconstruction,
-                "distance": self.distance, "steps": self.steps, "gradient_evaluations": self.evaluations,
+                "token_ids": list(self.token_ids), "distance": self.distance, "steps": self.steps,
+                "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted,
                 "certified": self.certified}
 

@@ -28,8 +28,8 @@ from transformers import BertForMaskedLM, PreTrainedTokenizerBase
 
 from nlp_dlg.engine.errors import ConfigError, InputDataError
 from nlp_dlg.engine.flower import RecordingStrategy, check_options, run_federation, wait_for_server
-from nlp_dlg.text.model import ModelSpec, load_masked_lm, load_tokenizer, model_metadata
 from nlp_dlg.text.config import CaptureConfig
+from nlp_dlg.text.model import ModelSpec, load_masked_lm, load_tokenizer, model_metadata
 from nlp_dlg.text.task import masked_lm_gradient
 from nlp_dlg.text.victim import local_sgd, observation_metadata, prepare_batch
 

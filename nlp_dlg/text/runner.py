@@ -36,6 +36,7 @@ class MaskedLMTask:
         weights: a weights file loaded over the model (e.g. a federated round's global weights).
         device: where the attack runs (None: where the model is).
         echo: where progress lines go (default: this module's logger at INFO).
+        on_step: also called with ``(batch, step)`` at every logged step (e.g. to keep the text at given steps).
 
     Example:
         >>> from nlp_dlg.pipeline import run_attack  # doctest: +SKIP
@@ -48,8 +49,10 @@ class MaskedLMTask:
     def __init__(self, config: TextAttackConfig | None = None, *, model: PreTrainedModel | None = None,
                  tokenizer: PreTrainedTokenizerBase | None = None, name_or_path: str | None = None,
                  tokenizer_name: str | None = None, verify: bool = True, weights: str | Path | None = None,
-                 device: torch.device | str | None = None, echo: Callable[[str], Any] | None = None) -> None:
+                 device: torch.device | str | None = None, echo: Callable[[str], Any] | None = None,
+                 on_step: Callable[[int, TextStep], Any] | None = None) -> None:
         self.config = config or TextAttackConfig()
+        self.on_step = on_step
         self.model, self.tokenizer = model, tokenizer
         self.name_or_path, self.tokenizer_name = name_or_path, tokenizer_name
         self.verify, self.weights, self.device = verify, weights, device
@@ -97,6 +100,8 @@ class MaskedLMTask:
             lines = "\n".join(f"  [{i}] {t}" for i, t in enumerate(step.texts))
             self.echo(f"batch {batch} restart {r.restart} step {r.step}/{steps} evals {r.evaluations} "
                       f"dist {r.distance:.4g} best {r.best_distance:.4g} {r.elapsed:.1f}s\n{lines}")
+            if self.on_step is not None:
+                self.on_step(batch, step)
         return report
 
     def summary(self, rows: Sequence[Row]) -> str | None:
@@ -117,3 +122,20 @@ def format_summary(rows: Sequence[Row]) -> str:
     lines.append(f"{'mean':>9} {m['token_accuracy']:>6.3f} {m['rouge1']:>5.2f} {m['rouge2']:>5.2f} "
                  f"{m['rougeL']:>5.2f} {m['exact_match']:>5.2f} {m['gradient_evaluations']:>5.0f} {m['seconds']:>7.1f}")
     return "\n".join(lines)
+
+
+def score_rows(rows: Sequence[Row], sentences: Sequence[str], tokenizer: PreTrainedTokenizerBase,
+               max_length: int | None = None) -> list[Row]:
+    """Rows of an attack on gradient files, scored against the private ``sentences`` they were captured from (in
+    order: batch b holds the next sentences, as many as its rows), with Hungarian pairing inside each batch."""
+    scored: list[Row] = []
+    start = 0
+    for batch in sorted({r["batch"] for r in rows}):
+        group = [r for r in rows if r["batch"] == batch]
+        refs = list(sentences[start:start + len(group)])
+        start += len(group)
+        ref_ids = [tokenizer(s, truncation=max_length is not None, max_length=max_length)["input_ids"] for s in refs]
+        scores = score_batch([r["token_ids"] for r in group], [r["reconstruction"] for r in group], ref_ids,
+                             [decode_text(tokenizer, ids) for ids in ref_ids], ignore=set(tokenizer.all_special_ids))
+        scored += [{**r, **s} for r, s in zip(group, scores)]
+    return scored

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import SENTENCE
 
 VISION = ["--dataset", "skimage", "--index", "0", "--labels", "1", "--num-classes", "10", "--image-size", "16"]

@@ -1,8 +1,6 @@
 import json
 import pickle
 import struct
-import subprocess
-import sys
 
 import pytest
 import torch
