@@ -15,23 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from nlp_dlg.engine import MatchingConfig
+from nlp_dlg.pipeline import run_attack
 from nlp_dlg.text import (
     CaptureConfig,
-    MaskedLMAttack,
+    MaskedLMTask,
     ModelSpec,
     TextAttackConfig,
     capture_gradients,
-    decode_text,
     load_masked_lm,
     load_tokenizer,
     model_metadata,
-    score_batch,
     summarize,
 )
 
@@ -51,21 +51,18 @@ def main() -> None:
     spec = ModelSpec(seed=0)
     model, tokenizer = load_masked_lm(spec), load_tokenizer()
     info = model_metadata(model, spec)
-    special = set(tokenizer.all_special_ids)
     config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=1000, max_evaluations=args.max_evals))
     for k in args.steps:
         pairs = capture_gradients(model, tokenizer, sentences, CaptureConfig(local_steps=k, local_lr=args.local_lr),
                                   model_info=info, generator=torch.Generator().manual_seed(5))
-        rows = []
-        for i, (obs, truth) in enumerate(pairs):
-            started = time.perf_counter()
-            rec = MaskedLMAttack(model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(i))[0]
-            ref = truth.input_ids[0].tolist()
-            score = score_batch([rec.token_ids], [rec.reconstruction], [ref], [decode_text(tokenizer, ref)],
-                                ignore=special)[0]
-            rows.append({**score, "certified": rec.certified, "seconds": time.perf_counter() - started,
-                         "gradient_evaluations": rec.evaluations, "reconstruction": rec.reconstruction})
-            print(f"K={k} [{i}] tokacc {score['token_accuracy']:.3f} certified {rec.certified}  {rec.reconstruction}",
+        ends = [time.perf_counter()]
+        task = MaskedLMTask(config, model=model, tokenizer=tokenizer, echo=lambda line: None)
+        with tempfile.TemporaryDirectory() as tmp:     # sentence i attacked with seed i
+            run = run_attack(task, pairs=pairs, out=Path(tmp) / "rows.jsonl", seed=0,
+                             on_batch=lambda b, outcome, ends=ends: ends.append(time.perf_counter()))
+        rows = [{**r, "seconds": end - start} for r, start, end in zip(run.rows, ends, ends[1:])]
+        for i, r in enumerate(rows):
+            print(f"K={k} [{i}] tokacc {r['token_accuracy']:.3f} certified {r['certified']}  {r['reconstruction']}",
                   flush=True)
         m = summarize(rows)
         row = {"local_steps": k, "local_lr": args.local_lr, "sentences": len(rows), "max_evals": args.max_evals,

@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 
 from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
-from nlp_dlg.text import MaskedLMAttack, TextAttackConfig, load_tokenizer, model_from_metadata, token_accuracy
+from nlp_dlg.pipeline import run_attack
+from nlp_dlg.text import MaskedLMTask, TextAttackConfig, load_tokenizer, token_accuracy
 
 HERE = Path(__file__).resolve().parent
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sentences", type=Path, default=HERE / "data" / "public_domain_sentences.txt")
     ap.add_argument("--limit", type=int, default=8, help="first N sentences (default 8: the batch-1 set)")
@@ -38,56 +39,61 @@ def main() -> None:
                     help="skip the first N sentences and append to recovery.jsonl (resume a stopped run)")
     ap.add_argument("--max-evals", type=int, default=600)
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()][: args.limit]
-    first = args.start
-    tokenizer = load_tokenizer()
-    special = set(tokenizer.all_special_ids)
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, (args.out / "recovery.jsonl").open("a" if first else "w") as out:
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--input", str(args.sentences),
-                        "--out", tmp, "--mask-seed", "1234"], check=True)
-        capture_seconds = time.perf_counter() - t0
-        files = find_gradient_files(tmp)[: len(sentences)]
-        model, _ = model_from_metadata(load_observation(files[0]).metadata["model"])
-        for i, (path, sentence) in enumerate(zip(files, sentences)):
-            if i < first:
-                continue
-            reference = tokenizer(sentence)["input_ids"]
-            reached: dict[str, int] = {}
-            curve: list[tuple[int, float, float]] = []
+    return ap.parse_args()
 
-            def harness(step, reference=reference, reached=reached, curve=curve) -> bool:
-                acc = token_accuracy(step.token_ids[0].tolist(), reference, ignore=special)
-                curve.append((step.record.evaluations, round(step.record.elapsed, 2), acc))
-                for key, bar in (("evals_to_0.9", 0.9), ("evals_to_1.0", 1.0)):
-                    if acc >= bar and key not in reached:
-                        reached[key] = step.record.evaluations
-                        reached[key.replace("evals", "seconds")] = round(step.record.elapsed, 1)
-                return acc >= 1.0
 
-            matching = MatchingConfig(distance="cosine", steps=1000, max_evaluations=args.max_evals)
-            config = TextAttackConfig(method="dlg", matching=matching)
-            attack = MaskedLMAttack(model, tokenizer, config, callbacks=[harness])
-            rec = attack.attack(load_observation(path), generator=torch.Generator().manual_seed(i))[0]
-            row = {"sentence": sentence, "tokens": len(reference), "reconstruction": rec.reconstruction,
-                   "final_token_accuracy": token_accuracy(list(rec.token_ids), reference, ignore=special),
-                   "gradient_evaluations": rec.evaluations, "steps": rec.steps,
-                   "seconds": round(rec.seconds, 1), "seconds_per_evaluation": round(rec.seconds / rec.evaluations, 3),
-                   **reached, "curve": curve}
-            out.write(json.dumps(row) + "\n")
-            out.flush()
-            rows.append(row)
-            print(f"[{i}] acc={row['final_token_accuracy']:.3f} evals>=0.9: {reached.get('evals_to_0.9')} "
-                  f"evals=1.0: {reached.get('evals_to_1.0')} {row['seconds']}s  {rec.reconstruction}", flush=True)
-    # the summary covers every row of the file (a resumed run's earlier rows included)
-    rows = [json.loads(line) for line in (args.out / "recovery.jsonl").read_text().splitlines() if line.strip()]
+def harness(references: list[list[int]], special: set[int], first: int, reached: dict, curves: dict):
+    """An ``on_step`` that knows the truth (the attacker does not): the token accuracy of every step, the gradient
+    evaluations and seconds to 0.9 and 1.0; it stops a sentence at 1.0."""
+    def check(batch: int, step) -> bool:
+        i = first + batch
+        acc = token_accuracy(step.token_ids[0].tolist(), references[i], ignore=special)
+        curves.setdefault(i, []).append((step.record.evaluations, round(step.record.elapsed, 2), acc))
+        for key, bar in (("evals_to_0.9", 0.9), ("evals_to_1.0", 1.0)):
+            if acc >= bar and key not in reached.setdefault(i, {}):
+                reached[i][key] = step.record.evaluations
+                reached[i][key.replace("evals", "seconds")] = round(step.record.elapsed, 1)
+        return acc >= 1.0
+    return check
+
+
+def attack_all(args: argparse.Namespace, files: list[Path], sentences: list[str], tokenizer) -> None:
+    """Attack sentence ``i`` (from ``--start``) with seed ``i`` on the pipeline, the harness watching; each row is
+    appended to ``recovery.jsonl`` as its sentence ends (a stopped run resumes with ``--start``)."""
+    first, special = args.start, set(tokenizer.all_special_ids)
+    references = [tokenizer(s)["input_ids"] for s in sentences]
+    reached: dict[int, dict] = {}
+    curves: dict[int, list] = {}
+    config = TextAttackConfig(method="dlg", matching=MatchingConfig(distance="cosine", steps=1000,
+                                                                    max_evaluations=args.max_evals))
+    task = MaskedLMTask(config, tokenizer=tokenizer, echo=lambda line: None,
+                        on_step=harness(references, special, first, reached, curves))
+
+    def write(batch: int, outcome) -> None:
+        i, rec = first + batch, outcome.rows[0]
+        row = {"sentence": sentences[i], "tokens": len(references[i]), "reconstruction": rec["reconstruction"],
+               "final_token_accuracy": token_accuracy(rec["token_ids"], references[i], ignore=special),
+               "gradient_evaluations": rec["gradient_evaluations"], "steps": rec["steps"],
+               "seconds": round(rec["seconds"], 1),
+               "seconds_per_evaluation": round(rec["seconds"] / rec["gradient_evaluations"], 3),
+               **reached.get(i, {}), "curve": curves.get(i, [])}
+        with out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(f"[{i}] acc={row['final_token_accuracy']:.3f} evals>=0.9: {row.get('evals_to_0.9')} "
+              f"evals=1.0: {row.get('evals_to_1.0')} {row['seconds']}s  {rec['reconstruction']}", flush=True)
+
+    out = args.out / "recovery.jsonl"
+    if not first:
+        out.write_text("")
+    with tempfile.TemporaryDirectory() as tmp:
+        run_attack(task, pairs=((load_observation(f), None) for f in files[first:]), seed=first,
+                   out=Path(tmp) / "rows.jsonl", on_batch=write)
+
+
+def summary_of(rows: list[dict], max_evals: int, capture_seconds: float) -> dict:
     n = len(rows)
-    summary = {
-        "sentences": n, "max_evaluations": args.max_evals, "capture_seconds_all": round(capture_seconds, 1),
+    return {
+        "sentences": n, "max_evaluations": max_evals, "capture_seconds_all": round(capture_seconds, 1),
         "mean_final_token_accuracy": sum(r["final_token_accuracy"] for r in rows) / n,
         "reached_0.9_within_cap": sum("evals_to_0.9" in r for r in rows),
         "reached_1.0_within_cap": sum("evals_to_1.0" in r for r in rows),
@@ -97,6 +103,23 @@ def main() -> None:
         "mean_seconds_per_evaluation": sum(r["seconds_per_evaluation"] for r in rows) / n,
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()][: args.limit]
+    tokenizer = load_tokenizer()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--input", str(args.sentences),
+                        "--out", tmp, "--mask-seed", "1234"], check=True)
+        capture_seconds = time.perf_counter() - t0
+        attack_all(args, find_gradient_files(tmp)[: len(sentences)], sentences, tokenizer)
+    # the summary covers every row of the file (a resumed run's earlier rows included)
+    rows = [json.loads(line) for line in (args.out / "recovery.jsonl").read_text().splitlines() if line.strip()]
+    summary = summary_of(rows, args.max_evals, capture_seconds)
     (args.out / "recovery_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

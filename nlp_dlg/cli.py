@@ -9,42 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from nlp_dlg.cliutil import (
-    add_attack_parser,
-    add_capture_parser,
     add_matching_options,
     add_run_options,
     add_victim_options,
-    attack_command,
-    base_parser,
-    capture_command,
+    cli_main,
     matching_config,
     positive_int,
-    run_command,
-    setup_logging,
+    probability,
+    task_parser,
 )
 from nlp_dlg.text.config import METHODS, CaptureConfig, TextAttackConfig
 
-logger = logging.getLogger("nlp_dlg.cli")
 CAPTURE, ATTACK = CaptureConfig(), TextAttackConfig()
 DATA_OPTIONS = ("--text", "--input")
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
 
 
 def _add_victim_options(p: argparse.ArgumentParser) -> None:
@@ -54,7 +37,7 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="sentences: .txt (one per line), or .csv/.json/.jsonl/.parquet with --column")
     src.add_argument("--column", help="text column of a table input (default: 'text' or the only string column)")
     add_victim_options(src)
-    src.add_argument("--mlm-probability", type=_probability, default=CAPTURE.mlm_probability,
+    src.add_argument("--mlm-probability", type=probability, default=CAPTURE.mlm_probability,
                      help=f"fraction of tokens selected for masked-LM, 80/10/10 masking "
                           f"(default: {CAPTURE.mlm_probability})")
     src.add_argument("--max-length", type=positive_int, default=CAPTURE.max_length,
@@ -99,10 +82,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser, sub = base_parser("nlp-dlg", "Deep Leakage from Gradients for BERT masked-LM.")
-    add_capture_parser(sub, "sentences", _add_victim_options)
-    add_attack_parser(sub, "sentences", _add_victim_options, _add_attack_options)
-    return parser
+    return task_parser("nlp-dlg", "Deep Leakage from Gradients for BERT masked-LM.", "sentences",
+                       _add_victim_options, _add_attack_options)[0]
 
 
 def _sentences(args: argparse.Namespace) -> list[str]:
@@ -178,12 +159,7 @@ def _task(args: argparse.Namespace, *, device: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.quiet)
-    if args.command == "capture":
-        return run_command("nlp-dlg", partial(capture_command, victim=_victim), args)
-    return run_command("nlp-dlg", partial(attack_command, make_task=partial(_task, args), victim=_victim,
-                                          data_options=DATA_OPTIONS), args)
+    return cli_main("nlp-dlg", build_parser(), argv, victim=_victim, make_task=_task, data_options=DATA_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,40 @@ def positive_int(text: str) -> int:
     return value
 
 
+def probability(text: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers (``3,7``)."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 3,7, got {text!r}") from None
+
+
 def base_parser(prog: str, description: str) -> tuple[argparse.ArgumentParser, Any]:
     """The top-level parser (``--version``, ``--quiet``) and its sub-command collection."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def task_parser(prog: str, description: str, what: str, add_victim: Callable[[argparse.ArgumentParser], None],
+                add_attack: Callable[[argparse.ArgumentParser], None]) -> tuple[argparse.ArgumentParser, Any]:
+    """A command line with ``capture`` and ``attack`` for one task (and its sub-command collection, for more)."""
+    parser, sub = base_parser(prog, description)
+    add_capture_parser(sub, what, add_victim)
+    add_attack_parser(sub, what, add_victim, add_attack)
+    return parser, sub
 
 
 def add_capture_parser(sub: Any, what: str, add_victim: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -167,6 +196,21 @@ def attack_command(args: argparse.Namespace, make_task: Callable[..., Any],
         print(run.summary)
     print(f"wrote {len(run.rows)} reconstruction(s) to {args.out}")
     return 130 if run.interrupted else 0
+
+
+def cli_main(prog: str, parser: argparse.ArgumentParser, argv: list[str] | None, *,
+             victim: Callable[[argparse.Namespace], tuple[dict[str, Any], list]], make_task: Callable[..., Any],
+             data_options: tuple[str, ...],
+             extra: dict[str, Callable[[argparse.Namespace], int]] | None = None) -> int:
+    """Parse ``argv``, set up logging and run ``capture``, ``attack`` (on the pipeline) or an ``extra`` command."""
+    args = parser.parse_args(argv)
+    setup_logging(args.quiet)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "capture": partial(capture_command, victim=victim),
+        "attack": partial(attack_command, make_task=partial(make_task, args), victim=victim,
+                          data_options=data_options),
+        **(extra or {})}
+    return run_command(prog, commands[args.command], args)
 
 
 def run_command(prog: str, command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

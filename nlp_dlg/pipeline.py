@@ -143,6 +143,34 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
     return AttackRun(rows, interrupted, task.summary(rows) if rows else None)
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of a summary table: its title, the value of a row, its format spec, the format of its mean over
+    the rows (None: no mean, e.g. an index or a text), and its alignment."""
+
+    title: str
+    value: Callable[[Row], Any]
+    spec: str = ""
+    mean_spec: str | None = None
+    align: str = ">"
+
+
+def format_table(rows: Sequence[Row], columns: Sequence[Column]) -> str:
+    """A plain-text table: a header, one line per row, then the means of the columns that have one."""
+    cells = [[format(c.value(r), c.spec) for c in columns] for r in rows]
+    means = [format(sum(float(c.value(r)) for r in rows) / len(rows), c.mean_spec) if c.mean_spec and rows else ""
+             for c in columns]
+    widths = [max(len(t) for t in [c.title, m, *(row[i] for row in cells)])
+              for i, (c, m) in enumerate(zip(columns, means))]
+
+    def line(texts: Sequence[str]) -> str:
+        return " ".join(f"{t:{c.align}{w}}" for t, c, w in zip(texts, columns, widths)).rstrip()
+
+    head = line([c.title for c in columns])
+    rule = "-" * len(head)
+    return "\n".join([head, rule, *map(line, cells), rule, line(["mean", *means[1:]])])
+
+
 class _atomic_lines:
     """A text file written under a temporary name beside ``path`` and renamed over it on exit, also after Ctrl-C
     (what was done is kept); on any other error the temporary file is removed and ``path`` is left as it was."""

@@ -29,6 +29,7 @@ import torch
 from nlp_dlg.engine import MatchingConfig, dp_epsilon, parse_defense
 from nlp_dlg.engine.distance import gradient_distance
 from nlp_dlg.engine.errors import NlpDlgError
+from nlp_dlg.pipeline import run_attack
 
 HERE = Path(__file__).resolve().parent
 SENTENCES = HERE.parent / "benchmarks" / "data" / "public_domain_sentences.txt"
@@ -52,11 +53,6 @@ def kind_and_strength(spec: str) -> tuple[str, float]:
     return t.kind, (t.params[-1] if t.params else 1.0)
 
 
-def _recorder(history: list[tuple[float, float]]):
-    """A callback keeping (gradient evaluations, distance) of every reported step."""
-    def record(step) -> None:
-        history.append((step.record.evaluations, step.record.distance))
-    return record
 
 
 def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -64,76 +60,81 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return 1.0 - float(gradient_distance([a[n] for n in names], [b[n] for n in names], "cosine"))
 
 
+def attack_one(task, obs, truth, seed: int, out: Path) -> tuple[dict | None, str, float]:
+    """One defended sample on the pipeline: its scored row (None where the attack refuses the gradient, e.g. the
+    priors are unreadable under heavy noise: nothing leaked), the refusal, and the seconds it took."""
+    started = time.perf_counter()
+    try:
+        row = run_attack(task, pairs=[(obs, truth)], out=out, seed=seed).rows[0]
+    except NlpDlgError as exc:
+        return None, str(exc), time.perf_counter() - started
+    return row, "", time.perf_counter() - started
+
+
 def text_rows(specs: list[str], samples: int, max_evals: int, args: argparse.Namespace, curves: dict) -> list[dict]:
     from nlp_dlg.text import (
         CaptureConfig,
-        MaskedLMAttack,
         ModelSpec,
-        TextAttackConfig,
         capture_gradients,
-        decode_text,
         load_masked_lm,
         load_tokenizer,
         model_metadata,
-        score_batch,
     )
 
     spec = ModelSpec(seed=0)
     model, tokenizer = load_masked_lm(spec), load_tokenizer()
     info = model_metadata(model, spec)
     sentences = [s for s in SENTENCES.read_text().splitlines() if s.strip()][:samples]
-    special = set(tokenizer.all_special_ids)
+    clean = capture_gradients(model, tokenizer, sentences, CaptureConfig(), model_info=info,
+                              generator=torch.Generator().manual_seed(7))
     rows = []
     for d in specs:
-        kind, strength = kind_and_strength(d)
         defended = capture_gradients(model, tokenizer, sentences, CaptureConfig(defense=None if d == "none" else d),
                                      model_info=info, generator=torch.Generator().manual_seed(7),
                                      defense_generator=torch.Generator().manual_seed(11))
-        clean = capture_gradients(model, tokenizer, sentences, CaptureConfig(), model_info=info,
-                                  generator=torch.Generator().manual_seed(7))
-        for method in [m for m in ("dlg", "span") if m in args.methods]:
-            for i, ((obs, truth), (clean_obs, _)) in enumerate(zip(defended, clean)):
-                history: list[tuple[float, float]] = []
-                config = TextAttackConfig(method=method, matching=MatchingConfig(distance="cosine", steps=1000,
-                                                                                 max_evaluations=max_evals))
-                attack = MaskedLMAttack(model, tokenizer, config, callbacks=[_recorder(history)])
-                started = time.perf_counter()
-                try:
-                    rec = attack.attack(obs, generator=torch.Generator().manual_seed(i))[0]
-                except NlpDlgError as exc:       # e.g. priors unreadable under heavy noise: nothing leaked
-                    print(f"text   {method:5} {d:14} [{i}] attack refused: {exc}", flush=True)
-                    rows.append({"modality": "text", "method": method, "defense": d, "kind": kind,
-                                 "strength": strength, "sample": i, "token_accuracy": 0.0, "rouge1": 0.0,
-                                 "rouge2": 0.0, "epsilon": _epsilon(d, args),
-                                 "utility_cosine": round(cosine(dict(obs.gradients), dict(clean_obs.gradients)), 6)})
-                    continue
-                seconds = time.perf_counter() - started
-                ref = truth.input_ids[0].tolist()
-                score = score_batch([rec.token_ids], [rec.reconstruction], [ref], [decode_text(tokenizer, ref)],
-                                    ignore=special)[0]
-                if method == "dlg" and i == 0:
-                    curves.setdefault(("text", "dlg"), {})[d] = history
-                rows.append({"modality": "text", "method": method, "defense": d, "kind": kind, "strength": strength,
-                             "sample": i, "token_accuracy": round(score["token_accuracy"], 4),
-                             "rouge1": round(score["rouge1"], 4), "rouge2": round(score["rouge2"], 4),
-                             "utility_cosine": round(cosine(dict(obs.gradients), dict(clean_obs.gradients)), 6),
-                             "epsilon": _epsilon(d, args), "final_distance": rec.distance,
-                             "gradient_evaluations": rec.evaluations, "seconds": round(seconds, 1)})
-                print(f"text   {method:5} {d:14} [{i}] tokacc {score['token_accuracy']:.3f} "
-                      f"cos {rows[-1]['utility_cosine']:.4f} {seconds:.0f}s  {rec.reconstruction[:60]}", flush=True)
+        rows += text_attacks(d, defended, clean, model, tokenizer, max_evals, args, curves)
+    return rows
+
+
+def text_attacks(d: str, defended: list, clean: list, model, tokenizer, max_evals: int, args: argparse.Namespace,
+                 curves: dict) -> list[dict]:
+    from nlp_dlg.text import MaskedLMTask, TextAttackConfig
+
+    rows = []
+    for method in [m for m in ("dlg", "span") if m in args.methods]:
+        config = TextAttackConfig(method=method, matching=MatchingConfig(distance="cosine", steps=1000,
+                                                                         max_evaluations=max_evals))
+        for i, ((obs, truth), (clean_obs, _)) in enumerate(zip(defended, clean)):
+            history: list[tuple[float, float]] = []
+            task = MaskedLMTask(config, model=model, tokenizer=tokenizer, echo=lambda line: None,
+                                on_step=lambda b, step, h=history: h.append((step.record.evaluations,
+                                                                              step.record.distance)))
+            rec, refused, seconds = attack_one(task, obs, truth, i, args.out / "attacks" / f"text-{method}.jsonl")
+            row = {"modality": "text", "method": method, "defense": d, **dict(zip(("kind", "strength"),
+                                                                                   kind_and_strength(d))),
+                   "sample": i, "epsilon": _epsilon(d, args),
+                   "utility_cosine": round(cosine(dict(obs.gradients), dict(clean_obs.gradients)), 6)}
+            if rec is None:
+                print(f"text   {method:5} {d:14} [{i}] attack refused: {refused}", flush=True)
+                rows.append({**row, "token_accuracy": 0.0, "rouge1": 0.0, "rouge2": 0.0})
+                continue
+            if method == "dlg" and i == 0:
+                curves.setdefault(("text", "dlg"), {})[d] = history
+            rows.append({**row, "token_accuracy": round(rec["token_accuracy"], 4), "rouge1": round(rec["rouge1"], 4),
+                         "rouge2": round(rec["rouge2"], 4), "final_distance": rec["distance"],
+                         "gradient_evaluations": rec["gradient_evaluations"], "seconds": round(seconds, 1)})
+            print(f"text   {method:5} {d:14} [{i}] tokacc {rec['token_accuracy']:.3f} "
+                  f"cos {row['utility_cosine']:.4f} {seconds:.0f}s  {rec['reconstruction'][:60]}", flush=True)
     return rows
 
 
 def vision_rows(specs: list[str], samples: int, steps: int, args: argparse.Namespace, curves: dict) -> list[dict]:
     from vision_dlg import (
-        ImageAttack,
-        ImageAttackConfig,
         VisionModelSpec,
         build_model,
         capture_images,
         dataset_image,
         model_metadata,
-        score_images,
     )
 
     spec = VisionModelSpec()
@@ -141,34 +142,44 @@ def vision_rows(specs: list[str], samples: int, steps: int, args: argparse.Names
     info = model_metadata(model, spec)
     images = torch.stack([dataset_image("lfw-subset", 60 + i)[0] for i in range(samples)])
     labels = [(13 * i + 2) % 100 for i in range(samples)]
+    clean = capture_images(model, images, labels, model_info=info)
     rows = []
+    methods = [(m, lm) for m, lm in (("dlg", "dlg"), ("default", "analytic"))
+               if m in args.methods or (m == "default" and "span" in args.methods)]
     for d in specs:
-        kind, strength = kind_and_strength(d)
         defended = capture_images(model, images, labels, model_info=info, defense=None if d == "none" else d,
                                   defense_generator=torch.Generator().manual_seed(11))
-        clean = capture_images(model, images, labels, model_info=info)
-        for method, label_method in [(m, lm) for m, lm in (("dlg", "dlg"), ("default", "analytic")) if m in args.methods
-                                     or (m == "default" and "span" in args.methods)]:
-            for i, ((obs, truth), (clean_obs, _)) in enumerate(zip(defended, clean)):
-                history: list[tuple[float, float]] = []
-                config = ImageAttackConfig(label_method=label_method, log_every=1,
-                                           matching=MatchingConfig(steps=steps, tolerance=1e-10))
-                attack = ImageAttack(model, config, callbacks=[_recorder(history)])
-                started = time.perf_counter()
-                rec = attack.attack(obs, generator=torch.Generator().manual_seed(i))[0]
-                seconds = time.perf_counter() - started
-                s = score_images(rec.image[None], torch.tensor([rec.label]), truth.images, truth.labels)[0]
-                if method == "dlg" and i == 0:
-                    curves.setdefault(("vision", "dlg"), {})[d] = history
-                rows.append({"modality": "vision", "method": method, "defense": d, "kind": kind, "strength": strength,
-                             "sample": i, "mse": s["mse"], "psnr": round(min(s["psnr"], 99.0), 2),
-                             "ssim": round(s["ssim"], 4), "label_accuracy": float(s["label_correct"]),
-                             "utility_cosine": round(cosine(dict(obs.gradients), dict(clean_obs.gradients)), 6),
-                             "epsilon": _epsilon(d, args), "final_distance": rec.distance,
-                             "gradient_evaluations": rec.evaluations, "seconds": round(seconds, 1)})
-                print(f"vision {method:7} {d:14} [{i}] PSNR {rows[-1]['psnr']:.1f} SSIM {s['ssim']:.3f} label "
-                      f"{'ok' if s['label_correct'] else 'wrong'} cos {rows[-1]['utility_cosine']:.4f} {seconds:.0f}s",
-                      flush=True)
+        rows += vision_attacks(d, defended, clean, model, methods, steps, args, curves)
+    return rows
+
+
+def vision_attacks(d: str, defended: list, clean: list, model, methods: list, steps: int, args: argparse.Namespace,
+                   curves: dict) -> list[dict]:
+    from vision_dlg import ImageAttackConfig, ImageTask
+
+    rows = []
+    for method, label_method in methods:
+        config = ImageAttackConfig(label_method=label_method, log_every=1,
+                                   matching=MatchingConfig(steps=steps, tolerance=1e-10))
+        for i, ((obs, truth), (clean_obs, _)) in enumerate(zip(defended, clean)):
+            history: list[tuple[float, float]] = []
+            task = ImageTask(config, images_dir=args.out / "images" / f"{method}-{d.replace(':', '_')}", model=model,
+                             echo=lambda line: None, grid_every=steps // 6 or 1,
+                             on_step=lambda b, step, h=history: h.append((step.record.evaluations,
+                                                                           step.record.distance)))
+            rec, _, seconds = attack_one(task, obs, truth, i, args.out / "attacks" / f"vision-{method}.jsonl")
+            if method == "dlg" and i == 0:
+                curves.setdefault(("vision", "dlg"), {})[d] = history
+            rows.append({"modality": "vision", "method": method, "defense": d,
+                         **dict(zip(("kind", "strength"), kind_and_strength(d))), "sample": i, "mse": rec["mse"],
+                         "psnr": round(min(rec["psnr"], 99.0), 2), "ssim": round(rec["ssim"], 4),
+                         "label_accuracy": float(rec["label_correct"]),
+                         "utility_cosine": round(cosine(dict(obs.gradients), dict(clean_obs.gradients)), 6),
+                         "epsilon": _epsilon(d, args), "final_distance": rec["distance"],
+                         "gradient_evaluations": rec["gradient_evaluations"], "seconds": round(seconds, 1)})
+            print(f"vision {method:7} {d:14} [{i}] PSNR {rows[-1]['psnr']:.1f} SSIM {rec['ssim']:.3f} label "
+                  f"{'ok' if rec['label_correct'] else 'wrong'} cos {rows[-1]['utility_cosine']:.4f} {seconds:.0f}s",
+                  flush=True)
     return rows
 
 

@@ -24,22 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from nlp_dlg.cliutil import positive_int, setup_logging
-from nlp_dlg.engine import MatchingConfig, NlpDlgError, load_observation
-from nlp_dlg.text import (
-    CaptureConfig,
-    MaskedLMAttack,
-    ModelSpec,
-    TextAttackConfig,
-    decode_text,
-    load_tokenizer,
-    model_from_metadata,
-    read_sentences,
-    score_batch,
-)
+from nlp_dlg.engine import MatchingConfig, NlpDlgError
+from nlp_dlg.pipeline import run_attack
+from nlp_dlg.text import CaptureConfig, MaskedLMTask, ModelSpec, TextAttackConfig, read_sentences
 from nlp_dlg.text.model import default_tokenizer_dir
+from nlp_dlg.text.runner import score_rows
 
 # Made-up private messages, two per client: what a keyboard or chat app would train on.
 CLIENTS = {
@@ -105,23 +95,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"federation: {len(clients)} clients x {args.rounds} round(s), {args.mode}, {len(recorded)} updates "
           f"recorded in {args.out_dir} ({federation_s:.1f}s)", flush=True)
 
-    tokenizer = load_tokenizer()
     config = TextAttackConfig(matching=MatchingConfig(distance="cosine", steps=1000, max_evaluations=args.max_evals))
     rows = []
     for entry in (e for e in recorded if e["client"] in targets):
-        observation = load_observation(entry["path"])
-        model, _ = model_from_metadata(observation.metadata["model"], name_or_path=path,
-                                       weights=entry["global_weights"])
+        # each round's update is attacked on that round's global weights, as `nlp-dlg attack --weights` does
+        task = MaskedLMTask(config, name_or_path=path, weights=entry["global_weights"], echo=lambda line: None)
         t0 = time.perf_counter()
-        recs = MaskedLMAttack(model, tokenizer, config).attack(observation, generator=torch.Generator().manual_seed(0))
+        run = run_attack(task, gradients=entry["path"], out=args.out_dir / "attack-entry.jsonl", seed=0)
         seconds = time.perf_counter() - t0
         truth = round_sentences(clients[entry["client"]], args.batch_size, entry["round"])
-        ref_ids = [tokenizer(s, truncation=True, max_length=CaptureConfig().max_length)["input_ids"] for s in truth]
-        scores = score_batch([r.token_ids for r in recs], [r.reconstruction for r in recs], ref_ids,
-                             [decode_text(tokenizer, ids) for ids in ref_ids], ignore=set(tokenizer.all_special_ids))
-        for rec, score in zip(recs, scores):
+        for row in score_rows(run.rows, truth, task.tokenizer, max_length=CaptureConfig().max_length):
             rows.append({"client": entry["client"], "round": entry["round"], "mode": args.mode,
-                         "local_steps": args.local_steps, "file": entry["path"], **rec.to_json(), **score,
+                         "local_steps": args.local_steps, "file": entry["path"], **row,
                          "attack_seconds": round(seconds, 1)})
     out = args.out_dir / "attack.jsonl"
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))

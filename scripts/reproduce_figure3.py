@@ -16,15 +16,15 @@ import argparse
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from nlp_dlg.engine import MatchingConfig
 from nlp_dlg.engine.errors import InputDataError
-from vision_dlg import ImageAttack, ImageAttackConfig, VisionModelSpec, build_model, capture_images, model_metadata
+from nlp_dlg.pipeline import run_attack
+from vision_dlg import ImageAttackConfig, ImageTask, VisionModelSpec, build_model, capture_images, model_metadata
 from vision_dlg.data import dataset_image, skimage_photo
-from vision_dlg.metrics import psnr, ssim
 from vision_dlg.report import save_grid
 
 KINDS = [("MNIST", "mnist", 0, lambda: dataset_image("digits", 0)),
@@ -60,17 +60,19 @@ def main() -> None:
         image, label, source = load(hub, index, offline)
         [(obs, truth)] = capture_images(model, image[None], [label], model_info=info)
         frames: list[torch.Tensor] = []
-        config = ImageAttackConfig(matching=MatchingConfig(steps=args.steps, tolerance=1e-10), log_every=args.every)
-        rec = ImageAttack(model, config, callbacks=[lambda s, f=frames: f.append(s.images[0])]).attack(
-            obs, generator=torch.Generator().manual_seed(0))[0]
+        config = ImageAttackConfig(matching=replace(ImageAttackConfig().matching, steps=args.steps),
+                                   log_every=args.every)
+        task = ImageTask(config, images_dir=args.out / hub, model=model, echo=lambda line: None,
+                         on_step=lambda b, step, f=frames: f.append(step.images[0]))
+        rec = run_attack(task, pairs=[(obs, truth)], out=args.out / hub / "attack.jsonl", seed=0).rows[0]
         rows.append((frames, truth.images[0]))
         titles.append(name)
-        row = {"dataset": name, "source": source, "label": label, "label_recovered": rec.label,
-               "psnr": round(psnr(rec.image, truth.images[0]), 2), "ssim": round(ssim(rec.image, truth.images[0]), 4),
-               "iterations": rec.steps, "gradient_evaluations": rec.evaluations, "seconds": round(rec.seconds, 1)}
+        row = {"dataset": name, "source": source, "label": label, "label_recovered": rec["label"],
+               "psnr": round(rec["psnr"], 2), "ssim": round(rec["ssim"], 4), "steps": rec["steps"],
+               "gradient_evaluations": rec["gradient_evaluations"], "seconds": round(rec["seconds"], 1)}
         results.append(row)
-        print(f"{name:10} ({source}): label {rec.label}/{label}  PSNR {row['psnr']:.1f} dB  SSIM {row['ssim']:.3f}  "
-              f"{rec.steps} steps, {rec.evaluations} evaluations, {rec.seconds:.0f}s", flush=True)
+        print(f"{name:10} ({source}): label {rec['label']}/{label}  PSNR {row['psnr']:.1f} dB  SSIM {row['ssim']:.3f}  "
+              f"{rec['steps']} steps, {rec['gradient_evaluations']} evaluations, {rec['seconds']:.0f}s", flush=True)
     width = max(len(frames) for frames, _ in rows)          # a run that stopped early keeps its last frame
     grid_rows = [frames + frames[-1:] * (width - len(frames)) + [truth] for frames, truth in rows]
     columns = [f"it {i * args.every}" for i in range(width)] + ["truth"]

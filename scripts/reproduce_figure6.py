@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from nlp_dlg.engine import MatchingConfig
-from vision_dlg import ImageAttack, ImageAttackConfig, VisionModelSpec, build_model, capture_images, model_metadata
+from nlp_dlg.pipeline import run_attack
+from vision_dlg import ImageAttackConfig, ImageTask, VisionModelSpec, build_model, capture_images, model_metadata
 from vision_dlg.data import SKIMAGE_PHOTOS, dataset_image, skimage_photo
 from vision_dlg.metrics import mse
 from vision_dlg.report import save_curves
@@ -39,14 +40,16 @@ def main() -> None:
     model = build_model(spec)
     labels = [(11 * i + 5) % 100 for i in range(len(images))]
     pairs = capture_images(model, torch.stack(images), labels, model_info=model_metadata(model, spec))
-    config = ImageAttackConfig(matching=MatchingConfig(steps=args.steps, tolerance=1e-10))
+    config = ImageAttackConfig(matching=replace(ImageAttackConfig().matching, steps=args.steps))
     args.out.mkdir(parents=True, exist_ok=True)
+    # image i is attacked with seed i (batch i of the pipeline, seed 0)
+    run = run_attack(ImageTask(config, images_dir=args.out / "images", model=model, echo=lambda line: None),
+                     pairs=pairs, out=args.out / "attack.jsonl", seed=0)
     rows = []
-    for i, (obs, truth) in enumerate(pairs):
-        rec = ImageAttack(model, config).attack(obs, generator=torch.Generator().manual_seed(i))[0]
+    for i, rec in enumerate(run.rows):
         others = torch.stack([x for j, x in enumerate(images) if j != i]).mean(0)
-        row = {"image": i, "dlg_mse": mse(rec.image, truth.images[0]), "baseline_mse": mse(others, truth.images[0]),
-               "label_correct": rec.label == labels[i], "seconds": round(rec.seconds, 1)}
+        row = {"image": i, "dlg_mse": rec["mse"], "baseline_mse": mse(others, pairs[i][1].images[0]),
+               "label_correct": rec["label_correct"], "seconds": round(rec["seconds"], 1)}
         rows.append(row)
         print(f"image {i}: DLG MSE {row['dlg_mse']:.2e}  baseline (mean of the other images) MSE "
               f"{row['baseline_mse']:.2e}", flush=True)

@@ -28,13 +28,14 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from nlp_dlg.engine import MatchingConfig
-from nlp_dlg.engine.matcher import PRIORS
-from vision_dlg import ImageAttack, ImageAttackConfig, VisionModelSpec, build_model, capture_images, model_metadata
+from nlp_dlg.engine.config import PRIORS
+from nlp_dlg.pipeline import run_attack
+from vision_dlg import ImageAttackConfig, ImageTask, VisionModelSpec, build_model, capture_images, model_metadata
 from vision_dlg.data import dataset_image
 from vision_dlg.metrics import pair_images, psnr, score_images
 
@@ -42,7 +43,7 @@ PAPER = {1: 270, 2: 602, 4: 1173, 8: 2711}
 PSNR_BAR = 30.0
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--model", default="resnet20", choices=["resnet20", "resnet32", "resnet56", "lenet"])
@@ -55,10 +56,10 @@ def main() -> None:
                          "by its first value: same minimiser, but torch's absolute curvature threshold no longer "
                          "freezes it, as at 32x32)")
     ap.add_argument("--init-std", type=float, default=None,
-                    help="std of the initial pixel logits (default: the attack's, vision_dlg.attack.BOXED_INIT_STD)")
+                    help="std of the initial pixel logits (default: the attack's, vision_dlg.config.BOXED_INIT_STD)")
     ap.add_argument("--tv", type=float, default=None,
                     help="weight of the total-variation prior (default: the attack's: 0 for one image, else "
-                         "vision_dlg.attack.BATCH_TV added or SCALED_TV scaling the distance)")
+                         "vision_dlg.config.BATCH_TV added or SCALED_TV scaling the distance)")
     ap.add_argument("--prior", choices=PRIORS, default=None,
                     help="how the prior enters the objective (default: the attack's: scale where the gradient is "
                          "blind to the batch's contrast, as in train mode; else add)")
@@ -66,8 +67,67 @@ def main() -> None:
     ap.add_argument("--mode", choices=["train", "eval"], default="train",
                     help="victim's mode (default: train, batch norm on the batch's statistics)")
     ap.add_argument("--progress-every", type=int, default=10, help="print the worst PSNR every N steps (default: 10)")
-    ap.add_argument("--out", type=Path, default=Path("runs/table1.jsonl"))
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=Path("runs/table1.jsonl"),
+                    help="one JSON line per batch size (appended); reconstructions and progress grids beside it")
+    return ap.parse_args()
+
+
+def restoration_check(args: argparse.Namespace, reached: dict[str, float]):
+    """An ``on_step`` for the pipeline: scores the batch at every step, prints the worst image now and then, and
+    stops the attack (returns True) once every image is at ``PSNR_BAR`` or more with its label right."""
+    def check(batch: int, step, truth) -> bool:
+        scores = score_images(step.images, step.labels, truth.images, truth.labels, fit=args.mode == "train")
+        worst = min(s["psnr"] for s in scores)
+        raw = worst if args.mode == "eval" else min(     # raw pixels, paired on raw MSE; no second SSIM
+            psnr(x, truth.images[j]) for x, j in zip(step.images, pair_images(step.images, truth.images)))
+        reached.update(last_min_psnr=worst, last_min_raw_psnr=raw)
+        if step.record.step % args.progress_every == 0:
+            pixels = step.images        # the contrast and brightness the gradient cannot see
+            print(f"  batch {len(truth.images)} step {step.record.step}: worst image {worst:.2f} dB "
+                  f"(raw {raw:.2f}; pixels mean {float(pixels.mean()):.3f}, std {float(pixels.std()):.3f}), "
+                  f"{step.record.evaluations} evaluations, {step.record.elapsed:.0f}s", flush=True)
+        if worst >= PSNR_BAR and all(s["label_correct"] for s in scores):
+            reached.update(steps=step.record.step, evaluations=step.record.evaluations, seconds=step.record.elapsed)
+            return True
+        return False
+    return check
+
+
+def attack_batch_size(args: argparse.Namespace, model, info: dict, bs: int) -> dict:
+    """Capture one batch of ``bs`` faces and attack it on the pipeline until restored or out of steps: the row."""
+    images = torch.stack([dataset_image("lfw-subset", args.first_image + i, size=args.image_size)[0]
+                          for i in range(bs)])
+    labels = [(7 * i + 3) % 100 for i in range(bs)]
+    [(obs, truth)] = capture_images(model, images, labels, batch_size=bs, model_info=info,
+                                    train_mode=args.mode == "train")
+    defaults = ImageAttackConfig()
+    matching = replace(defaults.matching, steps=args.max_steps, tolerance=1e-12, distance=args.distance,
+                       normalize=args.normalize)
+    config = ImageAttackConfig(matching=matching, init_std=args.init_std, tv=args.tv, prior=args.prior, log_every=1)
+    reached: dict[str, float] = {}
+    check = restoration_check(args, reached)
+    task = ImageTask(config, images_dir=args.out.parent / f"{args.out.stem}-images" / f"batch{bs}", model=model,
+                     echo=lambda line: None, grid_every=50, on_step=lambda b, step: check(b, step, truth))
+    started = time.perf_counter()
+    # seed bs, as before the pipeline: run_attack seeds batch 0 with ``seed``
+    rec = run_attack(task, pairs=[(obs, truth)], out=args.out.parent / f"{args.out.stem}-batch{bs}.jsonl",
+                     seed=bs).rows[0]
+    row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "mode": args.mode,
+           "distance": args.distance, "normalize": args.normalize,
+           "init_std": config.initial_std(config.uses_box(bs, train=args.mode == "train")), "tv": rec["tv"],
+           "prior": rec["prior"], "restored": "steps" in reached, "steps_to_restore": reached.get("steps"),
+           "evaluations_to_restore": reached.get("evaluations"),
+           "seconds_to_restore": round(reached["seconds"], 1) if "seconds" in reached else None,
+           "final_min_psnr": round(reached.get("last_min_psnr", 0.0), 2),
+           "final_min_raw_psnr": round(reached.get("last_min_raw_psnr", 0.0), 2), "steps_run": rec["steps"],
+           "seconds_run": round(time.perf_counter() - started, 1), "paper_iterations": PAPER.get(bs)}
+    if row["restored"] and bs in PAPER:
+        row["ratio_to_paper"] = round(row["steps_to_restore"] / PAPER[bs], 3)
+    return row
+
+
+def main() -> None:
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     spec = VisionModelSpec(args.model, num_classes=100, image_size=args.image_size)
     model = build_model(spec)
@@ -75,55 +135,14 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for bs in args.batch_sizes:
-        images = torch.stack([dataset_image("lfw-subset", args.first_image + i, size=args.image_size)[0]
-                              for i in range(bs)])
-        labels = [(7 * i + 3) % 100 for i in range(bs)]
-        [(obs, truth)] = capture_images(model, images, labels, batch_size=bs, model_info=info,
-                                        train_mode=args.mode == "train")
-        reached: dict[str, float] = {}
-
-        def check(step, truth=truth, reached=reached) -> bool:
-            scores = score_images(step.images, step.labels, truth.images, truth.labels, fit=args.mode == "train")
-            worst = min(s["psnr"] for s in scores)
-            reached["last_min_psnr"] = worst
-            raw = worst if args.mode == "eval" else min(     # raw pixels, paired on raw MSE; no second SSIM
-                psnr(x, truth.images[j]) for x, j in zip(step.images, pair_images(step.images, truth.images)))
-            reached["last_min_raw_psnr"] = raw
-            if step.record.step % args.progress_every == 0:
-                pixels = step.images        # the contrast and brightness the gradient cannot see
-                print(f"  batch {len(truth.images)} step {step.record.step}: worst image {worst:.2f} dB "
-                      f"(raw {raw:.2f}; pixels mean {float(pixels.mean()):.3f}, std {float(pixels.std()):.3f}), "
-                      f"{step.record.evaluations} evaluations, {step.record.elapsed:.0f}s", flush=True)
-            if worst >= PSNR_BAR and all(s["label_correct"] for s in scores):
-                reached.update(steps=step.record.step, evaluations=step.record.evaluations,
-                               seconds=step.record.elapsed)
-                return True
-            return False
-
-        matching = MatchingConfig(steps=args.max_steps, tolerance=1e-12, distance=args.distance,
-                                   normalize=args.normalize)
-        config = ImageAttackConfig(matching=matching, init_std=args.init_std, tv=args.tv, prior=args.prior,
-                                   log_every=1)
-        started = time.perf_counter()
-        rec = ImageAttack(model, config, callbacks=[check]).attack(obs, generator=torch.Generator().manual_seed(bs))
-        row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "mode": args.mode,
-               "distance": args.distance, "normalize": args.normalize, "init_std": config.initial_std(
-                   config.uses_box(bs, train=args.mode == "train")), "tv": rec[0].tv, "prior": rec[0].prior,
-               "restored": "steps" in reached,
-               "steps_to_restore": reached.get("steps"), "evaluations_to_restore": reached.get("evaluations"),
-               "seconds_to_restore": round(reached["seconds"], 1) if "seconds" in reached else None,
-               "final_min_psnr": round(reached.get("last_min_psnr", 0.0), 2),
-               "final_min_raw_psnr": round(reached.get("last_min_raw_psnr", 0.0), 2), "steps_run": rec[0].steps,
-               "seconds_run": round(time.perf_counter() - started, 1), "paper_iterations": PAPER.get(bs)}
-        if row["restored"] and bs in PAPER:
-            row["ratio_to_paper"] = round(row["steps_to_restore"] / PAPER[bs], 3)
+        row = attack_batch_size(args, model, info, bs)
         rows.append(row)
         with args.out.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
         print(f"batch {bs}: " + (f"restored at step {row['steps_to_restore']} ({row['evaluations_to_restore']} "
                                  f"evaluations, {row['seconds_to_restore']}s); paper {PAPER.get(bs)}, ratio "
                                  f"{row.get('ratio_to_paper')}" if row["restored"] else
-                                 f"not restored in {rec[0].steps} steps (min PSNR {row['final_min_psnr']} dB)"),
+                                 f"not restored in {row['steps_run']} steps (min PSNR {row['final_min_psnr']} dB)"),
               flush=True)
     print(f"\n{'batch':>5} {'steps':>6} {'evals':>6} {'paper':>6} {'ratio':>6}")
     for r in rows:

@@ -12,23 +12,18 @@ import argparse
 import dataclasses
 import logging
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from nlp_dlg.cliutil import (
-    add_attack_parser,
-    add_capture_parser,
     add_matching_options,
     add_run_options,
     add_victim_options,
-    attack_command,
-    base_parser,
-    capture_command,
+    cli_main,
+    int_list,
     matching_config,
     positive_int,
-    run_command,
-    setup_logging,
+    task_parser,
 )
 from nlp_dlg.engine.config import PRIORS
 from vision_dlg.config import (
@@ -47,13 +42,6 @@ DATA_OPTIONS = ("--image", "--dataset")
 BOX = {"auto": None, "on": True, "off": False}
 
 
-def _labels(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 3,7, got {text!r}") from None
-
-
 def _add_victim_options(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("private images (victim side; with attack: both sides run here, scored)")
     src.add_argument("--image", action="append", type=Path, metavar="PATH", help="an image file (repeatable)")
@@ -61,7 +49,7 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="skimage | lfw-subset | digits | an MNIST IDX / CIFAR .bin file | an image folder | a hub "
                           "name (mnist, cifar100, svhn, lfw) when reachable")
     src.add_argument("--index", type=int, nargs="+", metavar="I", help="image index(es) in --dataset")
-    src.add_argument("--labels", type=_labels, metavar="3,7,...",
+    src.add_argument("--labels", type=int_list, metavar="3,7,...",
                      help="one label per image (default: the dataset's labels, else 0, 1, 2, ...)")
     add_victim_options(src)
     mod = p.add_argument_group("model")
@@ -106,9 +94,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser, sub = base_parser("vision-dlg", "Deep Leakage from Gradients for images.")
-    add_capture_parser(sub, "images", _add_victim_options)
-    add_attack_parser(sub, "images", _add_victim_options, _add_attack_options)
+    parser, sub = task_parser("vision-dlg", "Deep Leakage from Gradients for images.", "images", _add_victim_options,
+                              _add_attack_options)
     demo = sub.add_parser("demo", help="the embedded default: real photos from scikit-image, LeNet, batch 1",
                           description="Capture and attack four real photos shipped by scikit-image, one per gradient, "
                                       "and write the progress grid and results.")
@@ -213,14 +200,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.quiet)
-    if args.command == "capture":
-        return run_command("vision-dlg", partial(capture_command, victim=_victim), args)
-    if args.command == "demo":
-        return run_command("vision-dlg", cmd_demo, args)
-    return run_command("vision-dlg", partial(attack_command, make_task=partial(_task, args), victim=_victim,
-                                             data_options=DATA_OPTIONS), args)
+    return cli_main("vision-dlg", build_parser(), argv, victim=_victim, make_task=_task, data_options=DATA_OPTIONS,
+                    extra={"demo": cmd_demo})
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nlp_dlg.pipeline import BatchOutcome, Row
+from nlp_dlg.pipeline import BatchOutcome, Column, Row, format_table
 from vision_dlg.attack import ImageAttack, ImageReconstruction, ImageStep
 from vision_dlg.config import ImageAttackConfig
 from vision_dlg.metrics import psnr, score_images
@@ -34,14 +34,20 @@ class ImageTask:
             metadata by :meth:`prepare` (its checksum checked).
         device: where the attack runs (None: where the model is).
         echo: where progress lines go (default: this module's logger at INFO).
+        on_step: also called with ``(batch, step)`` at every logged step; returning True stops the attack there
+            (e.g. once a criterion on the images holds).
+        grid_every: a progress-grid column every this many steps (default: every logged step).
     """
 
     task_names = (TASK,)
 
     def __init__(self, config: ImageAttackConfig | None = None, *, images_dir: str | Path,
                  model: nn.Module | None = None, device: torch.device | str | None = None,
-                 echo: Callable[[str], Any] | None = None) -> None:
+                 echo: Callable[[str], Any] | None = None,
+                 on_step: Callable[[int, ImageStep], bool | None] | None = None,
+                 grid_every: int | None = None) -> None:
         self.config = config or ImageAttackConfig()
+        self.on_step, self.grid_every = on_step, grid_every or self.config.log_every
         self.images_dir = Path(images_dir)
         self.model, self.device = model, device
         self.echo = echo or logger.info
@@ -78,12 +84,14 @@ class ImageTask:
         path = save_grid(grid, self.images_dir / f"progress-batch-{batch:03d}.png", column_titles=titles)
         return BatchOutcome([{**row, "progress_grid": str(path)} for row in rows], any(r.interrupted for r in recs))
 
-    def _progress(self, batch: int, frames: list[tuple[int, torch.Tensor]]) -> Callable[[ImageStep], None]:
-        def report(step: ImageStep) -> None:
+    def _progress(self, batch: int, frames: list[tuple[int, torch.Tensor]]) -> Callable[[ImageStep], bool]:
+        def report(step: ImageStep) -> bool:
             r = step.record
-            frames.append((r.step, step.images))
+            if r.step % self.grid_every == 0 or r.step == self.config.matching.steps:
+                frames.append((r.step, step.images))
             self.echo(f"batch {batch} restart {r.restart} step {r.step} evals {r.evaluations} dist {r.distance:.4g} "
                       f"best {r.best_distance:.4g} {r.elapsed:.1f}s labels {step.labels.tolist()}")
+            return bool(self.on_step(batch, step)) if self.on_step is not None else False
         return report
 
     @staticmethod
@@ -105,17 +113,15 @@ class ImageTask:
         return format_summary(rows) if rows and "mse" in rows[0] else None
 
 
+SUMMARY = (
+    Column("batch", lambda r: r["batch"]), Column("idx", lambda r: r["index"]),
+    Column("label", lambda r: r["label"]), Column("label ok", lambda r: r["label_correct"], "", ".2f"),
+    Column("MSE", lambda r: r["mse"], ".2e", ".2e"), Column("PSNR", lambda r: min(r["psnr"], 99.0), ".1f", ".1f"),
+    Column("SSIM", lambda r: r["ssim"], ".3f", ".3f"), Column("evals", lambda r: r["gradient_evaluations"], "d", ".0f"),
+    Column("sec", lambda r: r["seconds"], ".1f", ".1f"),
+)
+
+
 def format_summary(rows: Sequence[Row]) -> str:
-    """One line per image, then the means (scored rows only)."""
-    head = f"{'batch':>5} {'idx':>3} {'label':>5} {'ok':>3} {'MSE':>9} {'PSNR':>6} {'SSIM':>6} {'evals':>6} {'sec':>6}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['batch']:>5} {r['index']:>3} {r['label']:>5} {'y' if r['label_correct'] else 'n':>3} "
-                     f"{r['mse']:>9.2e} {min(r['psnr'], 99.0):>6.1f} {r['ssim']:>6.3f} {r['gradient_evaluations']:>6} "
-                     f"{r['seconds']:>6.1f}")
-    n = len(rows)
-    lines.append("-" * len(head))
-    lines.append(f"{'mean':>9} {'':>5} {sum(r['label_correct'] for r in rows) / n:>3.2f} "
-                 f"{sum(r['mse'] for r in rows) / n:>9.2e} {sum(min(r['psnr'], 99.0) for r in rows) / n:>6.1f} "
-                 f"{sum(r['ssim'] for r in rows) / n:>6.3f}")
-    return "\n".join(lines)
+    """One line per image, then the means (scored rows only; PSNR capped at 99 dB for exact images)."""
+    return format_table(rows, SUMMARY)

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from nlp_dlg.pipeline import BatchOutcome, Row
+from nlp_dlg.pipeline import BatchOutcome, Column, Row, format_table
 from nlp_dlg.text.attack import MaskedLMAttack, TextStep
 from nlp_dlg.text.config import TextAttackConfig
-from nlp_dlg.text.metrics import score_batch, summarize
+from nlp_dlg.text.metrics import score_batch
 from nlp_dlg.text.model import load_tokenizer, model_from_metadata
 from nlp_dlg.text.task import TASK, decode_text
 from nlp_dlg.text.victim import VictimBatch
@@ -36,7 +36,8 @@ class MaskedLMTask:
         weights: a weights file loaded over the model (e.g. a federated round's global weights).
         device: where the attack runs (None: where the model is).
         echo: where progress lines go (default: this module's logger at INFO).
-        on_step: also called with ``(batch, step)`` at every logged step (e.g. to keep the text at given steps).
+        on_step: also called with ``(batch, step)`` at every logged step (e.g. to keep the text at given steps);
+            returning True stops the attack there (e.g. a harness that knows the truth).
 
     Example:
         >>> from nlp_dlg.pipeline import run_attack  # doctest: +SKIP
@@ -50,7 +51,7 @@ class MaskedLMTask:
                  tokenizer: PreTrainedTokenizerBase | None = None, name_or_path: str | None = None,
                  tokenizer_name: str | None = None, verify: bool = True, weights: str | Path | None = None,
                  device: torch.device | str | None = None, echo: Callable[[str], Any] | None = None,
-                 on_step: Callable[[int, TextStep], Any] | None = None) -> None:
+                 on_step: Callable[[int, TextStep], bool | None] | None = None) -> None:
         self.config = config or TextAttackConfig()
         self.on_step = on_step
         self.model, self.tokenizer = model, tokenizer
@@ -92,36 +93,35 @@ class MaskedLMTask:
             self.echo(f"batch {batch} [{row['index']}] -> {row['reconstruction']}")
         return BatchOutcome(rows, any(r.interrupted for r in recs))
 
-    def _progress(self, batch: int) -> Callable[[TextStep], None]:
+    def _progress(self, batch: int) -> Callable[[TextStep], bool]:
         steps = self.config.matching.steps
 
-        def report(step: TextStep) -> None:
+        def report(step: TextStep) -> bool:
             r = step.record
             lines = "\n".join(f"  [{i}] {t}" for i, t in enumerate(step.texts))
             self.echo(f"batch {batch} restart {r.restart} step {r.step}/{steps} evals {r.evaluations} "
                       f"dist {r.distance:.4g} best {r.best_distance:.4g} {r.elapsed:.1f}s\n{lines}")
-            if self.on_step is not None:
-                self.on_step(batch, step)
+            return bool(self.on_step(batch, step)) if self.on_step is not None else False
         return report
 
     def summary(self, rows: Sequence[Row]) -> str | None:
         return format_summary(rows) if rows and "token_accuracy" in rows[0] else None
 
 
+SUMMARY = (
+    Column("batch", lambda r: r["batch"]), Column("idx", lambda r: r["index"]),
+    Column("tokacc", lambda r: r["token_accuracy"], ".3f", ".3f"), Column("R1", lambda r: r["rouge1"], ".2f", ".2f"),
+    Column("R2", lambda r: r["rouge2"], ".2f", ".2f"), Column("RL", lambda r: r["rougeL"], ".2f", ".2f"),
+    Column("exact", lambda r: r["exact_match"], "", ".2f"),
+    Column("evals", lambda r: r["gradient_evaluations"], "d", ".0f"),
+    Column("sec", lambda r: r["seconds"], ".1f", ".1f"),
+    Column("reconstruction", lambda r: r["reconstruction"], align="<"),
+)
+
+
 def format_summary(rows: Sequence[Row]) -> str:
     """A plain-text table of scored rows: one line per sequence, then the means."""
-    head = (f"{'batch':>5} {'idx':>3} {'tokacc':>6} {'R1':>5} {'R2':>5} {'RL':>5} {'exact':>5} {'evals':>5} "
-            f"{'sec':>7}  reconstruction")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['batch']:>5} {r['index']:>3} {r['token_accuracy']:>6.3f} {r['rouge1']:>5.2f} "
-                     f"{r['rouge2']:>5.2f} {r['rougeL']:>5.2f} {str(r['exact_match']):>5} "
-                     f"{r['gradient_evaluations']:>5} {r['seconds']:>7.1f}  {r['reconstruction']}")
-    m = summarize(rows)
-    lines.append("-" * len(head))
-    lines.append(f"{'mean':>9} {m['token_accuracy']:>6.3f} {m['rouge1']:>5.2f} {m['rouge2']:>5.2f} "
-                 f"{m['rougeL']:>5.2f} {m['exact_match']:>5.2f} {m['gradient_evaluations']:>5.0f} {m['seconds']:>7.1f}")
-    return "\n".join(lines)
+    return format_table(rows, SUMMARY)
 
 
 def score_rows(rows: Sequence[Row], sentences: Sequence[str], tokenizer: PreTrainedTokenizerBase,

@@ -32,6 +32,7 @@ def grad_dir(tmp_path_factory):
     return out / "g"
 
 
+@pytest.mark.subprocess  # the victim's files come from another process (grad_dir)
 def test_capture_then_attack_in_two_processes(grad_dir, tmp_path):
     assert sorted(p.name for p in grad_dir.iterdir()) == ["batch-000.safetensors", "batch-001.safetensors"]
     out = tmp_path / "r.jsonl"
@@ -112,6 +113,7 @@ def _tampered(grad_dir, tmp_path, change):
     return str(path)
 
 
+@pytest.mark.subprocess  # the victim's files come from another process (grad_dir)
 def test_wrong_shape_missing_and_extra_parameters(grad_dir, tmp_path, capsys):
     def reshape(g):
         g["cls.predictions.bias"] = torch.zeros(7)
@@ -127,6 +129,7 @@ def test_wrong_shape_missing_and_extra_parameters(grad_dir, tmp_path, capsys):
                     "missing parameter(s) bert.encoder.layer.1.output.dense.bias; unexpected parameter(s) extra.weight")
 
 
+@pytest.mark.subprocess  # the victim's files come from another process (grad_dir)
 def test_nan_in_gradient(grad_dir, tmp_path, capsys):
     def poison(g):
         g["cls.predictions.bias"] = g["cls.predictions.bias"].clone()
@@ -135,6 +138,7 @@ def test_nan_in_gradient(grad_dir, tmp_path, capsys):
     _one_line_error(["attack", "--gradients", path, "--out", str(tmp_path / "r")], capsys, "NaN/Inf")
 
 
+@pytest.mark.subprocess  # the victim's files come from another process (grad_dir)
 def test_checksum_mismatch(grad_dir, tmp_path, capsys):
     obs = load_observation(grad_dir / "batch-000.safetensors")
     meta = json.loads(json.dumps(dict(obs.metadata)))

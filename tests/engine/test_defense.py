@@ -124,6 +124,7 @@ def test_capture_clis_refuse_a_bad_defence_in_one_line(tmp_path, capsys, tool, e
     assert code == 2 and "accepted forms" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.subprocess
 def test_vision_capture_records_the_defence(tmp_path):
     from nlp_dlg.engine import load_observation
 

@@ -9,6 +9,8 @@ import torch
 
 from nlp_dlg.engine.distributed import AllReduceRecorder, DistributedError, run_ranks
 
+pytestmark = pytest.mark.distributed
+
 
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)

@@ -173,11 +173,15 @@ def test_text_callbacks_see_decoded_text_and_patience_stops(capture, tiny_model,
     assert steps[-1].token_ids.shape == (1, 12)
 
 
-def test_naive_dlg_runs_without_priors(capture, tiny_model, tokenizer):
+def test_naive_dlg_matches_over_the_whole_vocabulary_and_lowers_the_distance(capture, tiny_model, tokenizer):
     obs, _ = capture([SENTENCE])[0]
-    config = TextAttackConfig(method="dlg", use_priors=False, matching=MatchingConfig(distance="l2", steps=2))
-    rec = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
-    assert rec.steps == 2 and rec.evaluations > 2
+    config = TextAttackConfig(method="dlg", use_priors=False, matching=MatchingConfig(distance="l2", steps=3))
+    steps: list = []
+    attack = MaskedLMAttack(tiny_model, tokenizer, config, callbacks=[steps.append])
+    rec = attack.attack(obs, generator=torch.Generator().manual_seed(0))[0]
+    assert rec.steps == 3 and rec.evaluations > 3
+    assert len(attack.plugin_for(obs).candidates) == tokenizer.vocab_size        # no token set: every word
+    assert rec.distance < 0.8 * steps[0].record.distance    # the matching makes progress (54 -> 32 in 3 steps)
 
 
 def test_checksum_mismatch_is_refused(tiny_info):
@@ -193,3 +197,5 @@ def test_batch_of_two_reconstructs_two_sequences(capture, tiny_model, tokenizer)
     config = TextAttackConfig(method="dlg", matching=MatchingConfig(distance="cosine", steps=2))
     recs = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))
     assert [r.index for r in recs] == [0, 1] and all(r.batch == 0 for r in recs)
+    length = infer_priors(obs.gradients, tiny_model, 2).sequence_length
+    assert all(len(r.token_ids) == length and r.token_ids[0] == tokenizer.cls_token_id for r in recs)
