@@ -82,7 +82,7 @@ def check_files(files: Sequence[Path], task_names: Sequence[str]) -> list[dict[s
     for path, meta in zip(files, metas):
         task = meta.get("task")
         if task not in task_names:
-            raise GradientFileError(f"{path}: a {task!r} gradient file; this command attacks "
+            raise GradientFileError(f"{path}: a gradient file of task {task!r}; this command attacks "
                                     f"{' or '.join(repr(t) for t in task_names)}")
         if model_key(meta) != model_key(metas[0]):
             raise ModelMismatchError(f"{path}: computed on other model weights than {files[0].name} (checksum "

@@ -64,7 +64,7 @@ def test_files_of_other_weights_or_another_task_are_refused_before_anything_is_b
     task = ToyTask()
     with pytest.raises(ModelMismatchError, match="batch-002.safetensors: computed on other model weights"):
         run_attack(task, gradients=_files(tmp_path, ("a", "a", "b")), out=tmp_path / "r.jsonl")
-    with pytest.raises(GradientFileError, match="a 'masked-lm' gradient file; this command attacks 'toy'"):
+    with pytest.raises(GradientFileError, match="a gradient file of task 'masked-lm'; this command attacks 'toy'"):
         run_attack(task, gradients=_files(tmp_path / "t", task="masked-lm"), out=tmp_path / "r.jsonl")
     assert task.prepared == [] and not (tmp_path / "r.jsonl").exists()
 

@@ -49,6 +49,7 @@ __all__ = ["BATCH_TV", "BOXED_INIT_STD", "CONTRAST_BLIND", "LABEL_METHODS", "SCA
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class ImageStep:
     """What an image callback sees: the engine's step record and the decoded candidate."""

@@ -27,6 +27,7 @@ __all__ = ["TASK", "CaptureConfig", "VictimBatch", "capture_gradients", "local_s
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class VictimBatch:
     """Ground truth of one captured batch (kept in memory, never written to a gradient file)."""

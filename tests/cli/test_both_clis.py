@@ -88,3 +88,23 @@ def test_a_failed_attack_leaves_an_earlier_results_file_as_it_was(cli, tmp_path,
     _one_line(code, err, "NaN/Inf")
     assert out.read_text() == "an earlier run's results\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.jsonl")] == []
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cli", ["nlp-dlg", "vision-dlg"])
+def test_device_cuda_on_both_sides_gives_what_the_cpu_gives(cli, tmp_path, capsys, tiny_config_file):
+    import json
+
+    rows = {}
+    for device in ("cpu", "cuda"):
+        code, err = _run(capsys, cli, "capture", *_victim(cli, tiny_config_file), "--device", device,
+                         "--out", str(tmp_path / device))
+        assert code == 0, err
+        out = tmp_path / f"{device}.jsonl"
+        code, err = _run(capsys, cli, "attack", "--gradients", str(tmp_path / device), "--device", device,
+                         "--steps", "20", "--out", str(out), *(["--save-images", str(tmp_path / f"img-{device}")]
+                                                              if cli == "vision-dlg" else []))
+        assert code == 0, err
+        rows[device] = json.loads(out.read_text())
+    key = "reconstruction" if cli == "nlp-dlg" else "label"
+    assert rows["cuda"][key] == rows["cpu"][key]

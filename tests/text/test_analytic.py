@@ -257,7 +257,7 @@ def test_labels_of_known_sentences_without_the_rest_of_the_batch(capture, tiny_m
 def test_peeling_a_certified_sentence_leaves_the_others_gradient(capture, tiny_model, tokenizer):
     """The batch gradient less the certified sentence's share, rescaled, is the other sentence's own gradient."""
     from nlp_dlg.text.attack import AnalyticGuess
-    from nlp_dlg.text.victim import masked_lm_gradient
+    from nlp_dlg.text.task import masked_lm_gradient
 
     obs, truth = capture(PAIR, batch_size=2, mlm_probability=0.3, seed=3)[0]
     priors = infer_priors(obs.gradients, tiny_model, 2)

@@ -18,7 +18,8 @@ from nlp_dlg.text.federated import (  # noqa: E402
     round_sentences,
     run_masked_lm_federation,
 )
-from nlp_dlg.text.victim import local_sgd, masked_lm_gradient, prepare_batch  # noqa: E402
+from nlp_dlg.text.task import masked_lm_gradient  # noqa: E402
+from nlp_dlg.text.victim import local_sgd, prepare_batch  # noqa: E402
 
 SMALL = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 CLIENTS = {"alice": ["the cat sat on the mat .", "a red car stopped ."], "bob": ["a dog ran home ."]}
