@@ -43,6 +43,12 @@ class AttackTask(Protocol):
     task_names: tuple[str, ...]
     """The ``task`` values of the gradient files this task attacks (e.g. ``("masked-lm",)``)."""
 
+    def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Check a file's task-specific metadata, and the parameter shapes its model description implies against
+        the ``shapes`` of the tensors it stores, without building or allocating anything
+        (:class:`nlp_dlg.engine.metadata.MetadataError` otherwise). The shared fields are checked already."""
+        ...
+
     def prepare(self, metadata: Mapping[str, Any]) -> None:
         """Build or load the model that the files' ``metadata`` names, check its checksum, put it on the device.
         Called once per run with the first file's metadata; a task given its model already keeps it."""
@@ -73,21 +79,31 @@ def model_key(metadata: Mapping[str, Any]) -> str | None:
     return model.get("checksum") if isinstance(model, Mapping) else None
 
 
-def check_files(files: Sequence[Path], task_names: Sequence[str]) -> list[dict[str, Any]]:
-    """The metadata of every file (tensors unread), after refusing files of another task or of other weights
+def check_files(files: Sequence[Path], task: AttackTask) -> list[dict[str, Any]]:
+    """The metadata of every file, read from the headers alone, after refusing: metadata that does not fit the
+    schema or the tensors stored (:mod:`nlp_dlg.engine.metadata`), files of another task, and files of other weights
     than the first file's (e.g. two federated rounds, or two model seeds, in one folder)."""
-    from nlp_dlg.engine.observation import read_metadata
+    from nlp_dlg.engine.metadata import MetadataError, check_shared
+    from nlp_dlg.engine.observation import inspect_gradient_file
 
-    metas = [read_metadata(f) for f in files]
-    for path, meta in zip(files, metas):
-        task = meta.get("task")
-        if task not in task_names:
-            raise GradientFileError(f"{path}: a gradient file of task {task!r}; this command attacks "
-                                    f"{' or '.join(repr(t) for t in task_names)}")
-        if model_key(meta) != model_key(metas[0]):
+    metas = []
+    for path in files:
+        meta, shapes = inspect_gradient_file(path)
+        try:
+            check_shared(meta)
+            if meta["task"] not in task.task_names:
+                raise GradientFileError(f"a gradient file of task {meta['task']!r}; this command attacks "
+                                        f"{' or '.join(repr(t) for t in task.task_names)}")
+            task.check_metadata(meta, shapes)
+        except MetadataError as exc:
+            raise MetadataError(f"{path}: {exc}") from None
+        except GradientFileError as exc:
+            raise GradientFileError(f"{path}: {exc}") from None
+        if model_key(meta) != model_key(metas[0] if metas else meta):
             raise ModelMismatchError(f"{path}: computed on other model weights than {files[0].name} (checksum "
                                      f"{str(model_key(meta))[:12]}… vs {str(model_key(metas[0]))[:12]}…): attack files "
                                      "of different weights (e.g. federated rounds or model seeds) separately")
+        metas.append(meta)
     return metas
 
 
@@ -120,7 +136,7 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
         from nlp_dlg.engine.observation import find_gradient_files
 
         files = find_gradient_files(gradients)
-        metas = check_files(files, task.task_names)
+        metas = check_files(files, task)
         task.prepare(metas[0])
         batches: Iterable[tuple[Any, Any, str | None]] = file_batches(files)
     else:

@@ -20,6 +20,10 @@ class ToyTask:
         self.prepared: list[dict] = []
         self.interrupt_at, self.fail_at = interrupt_at, fail_at
 
+    def check_metadata(self, metadata, shapes):
+        if shapes != {"w": (2,)}:
+            raise ValueError(f"unexpected shapes {shapes}")
+
     def prepare(self, metadata):
         self.prepared.append(dict(metadata))
 
@@ -39,7 +43,8 @@ class ToyTask:
 def _files(tmp_path, checksums=("a", "a", "a"), task="toy"):
     folder = tmp_path / "g"
     for i, checksum in enumerate(checksums):
-        obs = GradientObservation({"w": torch.full((2,), float(i))}, {"task": task, "model": {"checksum": checksum}})
+        obs = GradientObservation({"w": torch.full((2,), float(i))},
+                                  {"task": task, "model": {"checksum": checksum}, "batch_size": 1})
         save_observation(obs, folder / f"batch-{i:03d}.safetensors")
     return folder
 
@@ -84,7 +89,7 @@ def test_a_failure_leaves_the_earlier_results_and_no_temporary_file(tmp_path):
 
 
 def test_in_process_pairs_are_scored_rows_without_a_source(tmp_path):
-    obs = GradientObservation({"w": torch.zeros(2)}, {"task": "toy"})
+    obs = GradientObservation({"w": torch.zeros(2)}, {"task": "toy", "batch_size": 1})
     run = run_attack(ToyTask(), pairs=[(obs, "truth-0")], out=tmp_path / "r.jsonl")
     assert run.rows[0]["truth"] == "truth-0" and "source" not in run.rows[0]
     with pytest.raises(ValueError, match="one of them"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from nlp_dlg.engine.errors import ModelMismatchError
+from nlp_dlg.engine.metadata import MetadataError, check_shapes_match, field
 from nlp_dlg.engine.observation import weights_checksum
 from vision_dlg.config import MODELS, RESNET_DEPTHS, VisionModelSpec
 
@@ -83,21 +85,48 @@ class ResNet(nn.Module):
         return self.fc(self.stages(self.stem(x)).mean((2, 3)))                  # (B, K)
 
 
+def _construct(spec: VisionModelSpec) -> nn.Module:
+    if spec.name == "lenet":
+        model: nn.Module = LeNet(spec.num_classes, spec.channels, spec.image_size)
+        for p in model.parameters():        # the DLG code's init: every weight and bias U(-0.5, 0.5)
+            nn.init.uniform_(p, -0.5, 0.5)
+        return model
+    return ResNet(RESNET_DEPTHS[spec.name], spec.num_classes, spec.channels)
+
+
 def build_model(spec: VisionModelSpec | None = None) -> nn.Module:
     """The model of ``spec``, initialised from its seed (reproducibly, without touching global RNG state),
     in eval mode."""
     spec = spec or VisionModelSpec()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        if spec.name == "lenet":
-            model: nn.Module = LeNet(spec.num_classes, spec.channels, spec.image_size)
-            for p in model.parameters():        # the DLG code's init: every weight and bias U(-0.5, 0.5)
-                nn.init.uniform_(p, -0.5, 0.5)
-        else:
-            model = ResNet(RESNET_DEPTHS[spec.name], spec.num_classes, spec.channels)
+        model = _construct(spec)
     logger.info("built %s (%d classes, %dx%dx%d input, seed %d), %d parameters", spec.name, spec.num_classes,
                 spec.channels, spec.image_size, spec.image_size, spec.seed, sum(p.numel() for p in model.parameters()))
     return model.eval()
+
+
+MAX_IMAGE_SIZE = 1024
+MAX_DUMMY_ELEMENTS = 2**25   # batch x channels x side² of the dummy images (and of each L-BFGS history vector):
+# 128 images of 3x224x224 fit (19M)
+
+
+def check_model_metadata(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """An image gradient file's model description, checked against the tensors it stores before anything is
+    built (:mod:`nlp_dlg.engine.metadata`)."""
+    model = meta["model"]
+    name = field(model, "name", str, where="model.", choices=MODELS)
+    classes = field(model, "num_classes", int, where="model.", low=2, high=1_000_000)
+    channels = field(model, "channels", int, where="model.", choices=(1, 3))
+    side = field(model, "image_size", int, where="model.", low=1, high=MAX_IMAGE_SIZE)
+    seed = field(model, "seed", int, where="model.", low=0, high=2**63 - 1)
+    if meta["batch_size"] * channels * side * side > MAX_DUMMY_ELEMENTS:
+        raise MetadataError(f"metadata: batch_size x channels x image_size² = {meta['batch_size'] * channels * side**2}"
+                            f" dummy pixels, more than {MAX_DUMMY_ELEMENTS}")
+    with torch.device("meta"):
+        built = _construct(VisionModelSpec(name, classes, channels, side, seed))
+    check_shapes_match({n: tuple(p.shape) for n, p in built.named_parameters() if p.requires_grad}, shapes,
+                       f"the {name} description")
 
 
 def model_metadata(model: nn.Module, spec: VisionModelSpec) -> dict[str, Any]:

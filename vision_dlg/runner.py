@@ -16,7 +16,7 @@ from nlp_dlg.pipeline import BatchOutcome, Column, Row, format_table
 from vision_dlg.attack import ImageAttack, ImageReconstruction, ImageStep
 from vision_dlg.config import ImageAttackConfig
 from vision_dlg.metrics import psnr, score_images
-from vision_dlg.models import model_from_metadata
+from vision_dlg.models import check_model_metadata, model_from_metadata
 from vision_dlg.report import save_grid, save_image
 from vision_dlg.task import TASK
 from vision_dlg.victim import VisionBatch
@@ -59,6 +59,9 @@ class ImageTask:
         self.model = model
         if self.device is not None:
             self.model.to(self.device)
+
+    def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+        check_model_metadata(metadata, shapes)
 
     def prepare(self, metadata: Mapping[str, Any]) -> None:
         if self.model is None:

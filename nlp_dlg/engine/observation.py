@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +22,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from nlp_dlg.engine.errors import GradientFileError, GradientMismatchError, NonFiniteGradientError
+from nlp_dlg.engine.safefile import FLOAT_DTYPES, Header, read_header
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "nlp_dlg.gradient/1"
 WEIGHTS_FORMAT = "nlp_dlg.weights/1"
-_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 
 @dataclass(frozen=True)
@@ -108,35 +107,45 @@ def save_observation(observation: GradientObservation, path: str | Path) -> Path
     return path
 
 
-def _sniff(path: Path) -> None:
-    """Refuse anything that is not a safetensors file, without interpreting its content."""
-    with path.open("rb") as fh:
-        head = fh.read(16)
-    size = path.stat().st_size
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
-        kind = "a pickle" if head[:1] == b"\x80" else "a zip/torch.save archive (pickle inside)"
-        raise GradientFileError(f"{path}: refused: this is {kind}, not safetensors; gradient files are "
-                                "never unpickled")
-    if len(head) < 9:
-        raise GradientFileError(f"{path}: not a safetensors file (only {size} bytes)")
-    (n,) = struct.unpack("<Q", head[:8])
-    if n == 0 or n > _MAX_HEADER_BYTES or 8 + n > size or head[8:9] != b"{":
-        raise GradientFileError(f"{path}: not a safetensors file (bad header)")
-
-
 def _read(path: Path, expected: str, kind: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """Header metadata and tensors of a safetensors file of format ``expected`` (a ``kind`` file of this
-    toolkit), after :func:`_sniff` refused anything else."""
-    _sniff(path)
+    toolkit), after :func:`nlp_dlg.engine.safefile.read_header` refused anything else."""
+    header = _checked_header(path, expected, kind)
     try:
         with safe_open(str(path), framework="pt") as fh:
-            header, tensors = fh.metadata() or {}, {name: fh.get_tensor(name) for name in fh.keys()}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if header.get("format") != expected:
+    return header.metadata, tensors
+
+
+def _checked_header(path: Path, expected: str, kind: str) -> Header:
+    header = read_header(path)
+    if header.metadata.get("format") != expected:
         raise GradientFileError(f"{path}: not an nlp_dlg {kind} file (expected format {expected!r}, "
-                                f"got {header.get('format')!r})")
-    return header, tensors
+                                f"got {header.metadata.get('format')!r})")
+    odd = [f"{n} ({d})" for n, d in header.dtypes.items() if d not in FLOAT_DTYPES]
+    if odd:
+        raise GradientFileError(f"{path}: expected floating-point tensors, got {_few(odd)}")
+    return header
+
+
+def _metadata(path: Path, header: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        metadata = json.loads(header.get("metadata", "{}"))
+    except json.JSONDecodeError as exc:
+        raise GradientFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    if not isinstance(metadata, dict):
+        raise GradientFileError(f"{path}: metadata: expected a JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+def inspect_gradient_file(path: str | Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The metadata and the tensors' shapes of a gradient file, read from its header alone (no tensor is read):
+    what a folder is checked with before anything is built or allocated."""
+    path = Path(path)
+    header = _checked_header(path, FORMAT, "gradient")
+    return _metadata(path, header.metadata), header.shapes
 
 
 def load_observation(path: str | Path, *, check_finite: bool = True) -> GradientObservation:
@@ -152,10 +161,7 @@ def load_observation(path: str | Path, *, check_finite: bool = True) -> Gradient
     if not path.is_file():
         raise GradientFileError(f"{path}: expected a gradient file, got a directory or special file")
     header, tensors = _read(path, FORMAT, "gradient")
-    try:
-        metadata = json.loads(header.get("metadata", "{}"))
-    except json.JSONDecodeError as exc:
-        raise GradientFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
+    metadata = _metadata(path, header)
     if not tensors:
         raise GradientFileError(f"{path}: holds no gradient tensors")
     observation = GradientObservation(tensors, metadata)
@@ -169,25 +175,7 @@ def load_observation(path: str | Path, *, check_finite: bool = True) -> Gradient
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata of a gradient file, without reading its tensors (cheap, for checking a folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise GradientFileError(f"{path}: no such file")
-    _sniff(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = fh.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise GradientFileError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if header.get("format") != FORMAT:
-        raise GradientFileError(f"{path}: not an nlp_dlg gradient file (expected format {FORMAT!r}, "
-                                f"got {header.get('format')!r})")
-    try:
-        metadata = json.loads(header.get("metadata", "{}"))
-    except json.JSONDecodeError as exc:
-        raise GradientFileError(f"{path}: metadata is not valid JSON ({exc})") from exc
-    if not isinstance(metadata, dict):
-        raise GradientFileError(f"{path}: metadata: expected a JSON object, got {type(metadata).__name__}")
-    return metadata
+    return inspect_gradient_file(path)[0]
 
 
 def write_observations(observations: Iterable[GradientObservation], out_dir: str | Path) -> list[Path]:

@@ -4,15 +4,20 @@ CPU), plus the tokenizer and a checksum of the exact weights."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerBase
+from transformers.activations import ACT2FN
 
 from nlp_dlg.engine.errors import ConfigError, ModelMismatchError
+from nlp_dlg.engine.metadata import MetadataError, check_shapes_match, field
 from nlp_dlg.engine.observation import load_weights, weights_checksum
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,46 @@ def _base_config(overrides: dict[str, Any] | None) -> BertConfig:
     config = BertConfig(**(overrides or {}))
     config._attn_implementation = "eager"
     return config
+
+
+# what a random-init config in a gradient file may ask for (a larger model needs a checkpoint the user names)
+CONFIG_BOUNDS = {"vocab_size": (1, 1_000_000), "hidden_size": (1, 16_384), "num_hidden_layers": (1, 96),
+                 "num_attention_heads": (1, 256), "intermediate_size": (1, 65_536),
+                 "max_position_embeddings": (1, 65_536), "type_vocab_size": (1, 64)}
+FOREIGN_KEYS = ("architectures", "model_type", "_name_or_path")
+
+
+def check_model_metadata(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """A masked-LM gradient file's own fields and model description, checked against the tensors it stores
+    before anything is built (:mod:`nlp_dlg.engine.metadata`)."""
+    field(meta, "mlm_probability", (int, float), low=1e-9, high=1.0)
+    field(meta, "tokenizer", str, required=False)
+    model = meta["model"]
+    source = field(model, "source", str, where="model.", choices=("random-init", "pretrained"))
+    field(model, "name_or_path", str, where="model.", required=source == "pretrained")
+    field(model, "seed", int, where="model.", required=False, low=0, high=2**63 - 1)
+    field(model, "checksum", str, where="model.", required=False)
+    config = field(model, "config", dict, where="model.", required=source == "random-init")
+    if config is None:
+        return
+    for key, (low, high) in CONFIG_BOUNDS.items():
+        field(config, key, int, where="model.config.", required=False, low=low, high=high)
+    field(config, "hidden_act", str, where="model.config.", required=False, choices=tuple(ACT2FN))
+    check_shapes_match(expected_shapes(json.dumps(config, sort_keys=True)), shapes, "the model config")
+
+
+@functools.lru_cache(maxsize=8)
+def expected_shapes(config_json: str) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of the masked LM a config (as JSON) describes, computed on the ``meta`` device (nothing
+    is allocated); cached, as a folder of files names one config."""
+    config = json.loads(config_json)
+    try:
+        bert = _base_config({k: v for k, v in config.items() if k not in FOREIGN_KEYS})
+        with torch.device("meta"):
+            model = BertForMaskedLM(bert)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise MetadataError(f"metadata: model.config: not a BERT config ({exc})") from exc
+    return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
 def load_masked_lm(spec: ModelSpec | None = None) -> BertForMaskedLM:
@@ -126,8 +171,7 @@ def model_from_metadata(meta: dict[str, Any], *, name_or_path: str | None = None
     if name_or_path is not None:
         spec = ModelSpec(name_or_path=name_or_path)
     elif meta["source"] == "random-init":
-        config = {k: v for k, v in meta.get("config", {}).items()
-                  if k not in ("architectures", "model_type", "_name_or_path")}
+        config = {k: v for k, v in meta.get("config", {}).items() if k not in FOREIGN_KEYS}
         spec = ModelSpec(seed=int(meta.get("seed", 0)), config=config)
     else:
         spec = ModelSpec(name_or_path=meta.get("name_or_path"))

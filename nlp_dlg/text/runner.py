@@ -16,7 +16,7 @@ from nlp_dlg.pipeline import BatchOutcome, Column, Row, format_table
 from nlp_dlg.text.attack import MaskedLMAttack, TextStep
 from nlp_dlg.text.config import TextAttackConfig
 from nlp_dlg.text.metrics import score_batch
-from nlp_dlg.text.model import load_tokenizer, model_from_metadata
+from nlp_dlg.text.model import check_model_metadata, load_tokenizer, model_from_metadata
 from nlp_dlg.text.task import TASK, decode_text
 from nlp_dlg.text.victim import VictimBatch
 
@@ -66,6 +66,9 @@ class MaskedLMTask:
         self.model, self.tokenizer = model, tokenizer
         if self.device is not None:
             self.model.to(self.device)
+
+    def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+        check_model_metadata(metadata, shapes)
 
     def prepare(self, metadata: Mapping[str, Any]) -> None:
         if self.model is None:

@@ -2,8 +2,11 @@ import json
 import pickle
 import struct
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from nlp_dlg.engine import (
@@ -14,6 +17,7 @@ from nlp_dlg.engine import (
     NonFiniteGradientError,
     find_gradient_files,
     load_observation,
+    read_metadata,
     save_observation,
 )
 
@@ -80,7 +84,7 @@ def test_foreign_safetensors_without_toolkit_metadata(tmp_path):
 def test_truncated_header_is_not_safetensors(tmp_path):
     path = tmp_path / "cut.safetensors"
     path.write_bytes(struct.pack("<Q", 10_000) + b'{"a":1}')
-    with pytest.raises(GradientFileError, match="bad header"):
+    with pytest.raises(GradientFileError, match="header length does not fit in the file"):
         load_observation(path)
 
 
@@ -113,3 +117,69 @@ def test_metadata_is_plain_json_in_the_header(tmp_path):
     header = json.loads(raw[8:8 + n])
     assert header["__metadata__"]["format"] == FORMAT
     assert json.loads(header["__metadata__"]["metadata"])["task"] == "toy"
+
+
+def _with_header_length(tmp_path, length: int):
+    """A valid gradient file whose JSON header is padded with spaces to exactly ``length`` bytes (None when the
+    header needs more)."""
+    path = save_observation(_obs(), tmp_path / "g.safetensors")
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = raw[8:8 + n].rstrip(b" ")
+    if len(header) > length:
+        return None
+    path.write_bytes(struct.pack("<Q", length) + header + b" " * (length - len(header)) + raw[8 + n:])
+    return path
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 4096).map(lambda k: 8 * (k // 8)) | st.sampled_from([128, 384, 640, 896, 1152, 4224]))
+def test_a_valid_file_loads_whatever_its_header_length(tmp_path, length):
+    """A header length of 128 mod 256 starts the file with 0x80, a pickle's first byte: still safetensors."""
+    path = _with_header_length(tmp_path, length)
+    if path is None:
+        return
+    obs = load_observation(path)
+    assert obs.metadata["task"] == "toy" and read_metadata(path)["task"] == "toy"
+
+
+def test_a_file_starting_with_0x80_that_is_safetensors_loads(tmp_path):
+    path = _with_header_length(tmp_path, 384)
+    assert path is not None and path.read_bytes()[:1] == b"\x80"
+    assert load_observation(path).metadata["task"] == "toy"
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickles_of_every_protocol_are_refused_as_pickles(tmp_path, protocol):
+    path = tmp_path / "p.safetensors"
+    path.write_bytes(pickle.dumps({"layer.weight": [1.0, 2.0], "note": "x" * 300}, protocol=protocol))
+    with pytest.raises(GradientFileError, match="refused: this is a pickle"):
+        load_observation(path)
+
+
+def test_torch_save_zip_truncated_files_and_random_bytes_are_refused(tmp_path):
+    import torch
+
+    torch.save({"w": torch.ones(3)}, tmp_path / "t.safetensors")
+    with pytest.raises(GradientFileError, match="zip or torch.save archive"):
+        load_observation(tmp_path / "t.safetensors")
+    raw = save_observation(_obs(), tmp_path / "g.safetensors").read_bytes()
+    for cut in (0, 5, 9, 40, len(raw) - 1):
+        (tmp_path / "cut.safetensors").write_bytes(raw[:cut])
+        with pytest.raises(GradientFileError, match="not a safetensors file"):
+            load_observation(tmp_path / "cut.safetensors")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        (tmp_path / "r.safetensors").write_bytes(rng.integers(0, 256, int(rng.integers(0, 400))).astype(np.uint8)
+                                                 .tobytes())
+        with pytest.raises(GradientFileError):
+            load_observation(tmp_path / "r.safetensors")
+
+
+def test_integer_gradient_tensors_are_refused_by_name(tmp_path):
+    import torch
+
+    obs = GradientObservation({"w": torch.ones(2, dtype=torch.int32)}, {"task": "toy"})
+    save_observation(obs, tmp_path / "i.safetensors")
+    with pytest.raises(GradientFileError, match=r"expected floating-point tensors, got w \(I32\)"):
+        load_observation(tmp_path / "i.safetensors")
