@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nlp_dlg.engine import MatchingConfig
-from nlp_dlg.pipeline import run_attack
+from nlp_dlg.pipeline import run_attack, unless_interrupted
 from nlp_dlg.text import (
     CaptureConfig,
     MaskedLMTask,
@@ -58,8 +58,8 @@ def main() -> None:
         ends = [time.perf_counter()]
         task = MaskedLMTask(config, model=model, tokenizer=tokenizer, echo=lambda line: None)
         with tempfile.TemporaryDirectory() as tmp:     # sentence i attacked with seed i
-            run = run_attack(task, pairs=pairs, out=Path(tmp) / "rows.jsonl", seed=0,
-                             on_batch=lambda b, outcome, ends=ends: ends.append(time.perf_counter()))
+            run = unless_interrupted(run_attack(task, pairs=pairs, out=Path(tmp) / "rows.jsonl", seed=0,
+                                                on_batch=lambda b, o, ends=ends: ends.append(time.perf_counter())))
         rows = [{**r, "seconds": end - start} for r, start, end in zip(run.rows, ends, ends[1:])]
         for i, r in enumerate(rows):
             print(f"K={k} [{i}] tokacc {r['token_accuracy']:.3f} certified {r['certified']}  {r['reconstruction']}",

@@ -34,7 +34,7 @@ def attack_one(args: argparse.Namespace) -> None:
     import logging
 
     from nlp_dlg.engine import MatchingConfig, find_gradient_files, read_metadata
-    from nlp_dlg.pipeline import run_attack
+    from nlp_dlg.pipeline import run_attack, unless_interrupted
     from nlp_dlg.text import MaskedLMTask, TextAttackConfig, summarize
     from nlp_dlg.text.runner import score_rows
 
@@ -49,8 +49,8 @@ def attack_one(args: argparse.Namespace) -> None:
     task.prepare(read_metadata(find_gradient_files(args.gradients)[0]))  # the model is built before the clock starts
     ends = [time.perf_counter()]
     with tempfile.TemporaryDirectory() as tmp:
-        run = run_attack(task, gradients=args.gradients, out=Path(tmp) / "rows.jsonl", seed=0,
-                         on_batch=lambda b, outcome: ends.append(time.perf_counter()))
+        run = unless_interrupted(run_attack(task, gradients=args.gradients, out=Path(tmp) / "rows.jsonl", seed=0,
+                                            on_batch=lambda b, outcome: ends.append(time.perf_counter())))
     seconds = [b - a for a, b in zip(ends, ends[1:])]
     rows = score_rows(run.rows, sentences, task.tokenizer)
     means = summarize(rows)

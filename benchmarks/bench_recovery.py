@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
-from nlp_dlg.pipeline import run_attack
+from nlp_dlg.pipeline import run_attack, unless_interrupted
 from nlp_dlg.text import MaskedLMTask, TextAttackConfig, load_tokenizer, token_accuracy
 
 HERE = Path(__file__).resolve().parent
@@ -86,8 +86,8 @@ def attack_all(args: argparse.Namespace, files: list[Path], sentences: list[str]
     if not first:
         out.write_text("")
     with tempfile.TemporaryDirectory() as tmp:
-        run_attack(task, pairs=((load_observation(f), None) for f in files[first:]), seed=first,
-                   out=Path(tmp) / "rows.jsonl", on_batch=write)
+        unless_interrupted(run_attack(task, pairs=((load_observation(f), None) for f in files[first:]), seed=first,
+                                      out=Path(tmp) / "rows.jsonl", on_batch=write))
 
 
 def summary_of(rows: list[dict], max_evals: int, capture_seconds: float) -> dict:

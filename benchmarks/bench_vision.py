@@ -30,7 +30,7 @@ def measure(args: argparse.Namespace, bs: int, indices: list[int], labels: list[
     """Capture batches of ``bs`` in a subprocess, attack the files here on the pipeline: rows, the attack's seconds
     per batch, its config."""
     from nlp_dlg.engine import find_gradient_files, load_observation, read_metadata
-    from nlp_dlg.pipeline import run_attack
+    from nlp_dlg.pipeline import run_attack, unless_interrupted
     from vision_dlg import ImageAttackConfig, ImageTask, VisionBatch
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +54,7 @@ def measure(args: argparse.Namespace, bs: int, indices: list[int], labels: list[
             print(f"B={bs} batch {b}: PSNR {[round(r['psnr'], 1) for r in outcome.rows]} labels ok "
                   f"{[r['label_correct'] for r in outcome.rows]} {ends[-1] - ends[-2]:.1f}s", flush=True)
 
-        run = run_attack(task, pairs=pairs, out=Path(tmp) / "rows.jsonl", seed=0, on_batch=report)
+        run = unless_interrupted(run_attack(task, pairs=pairs, out=Path(tmp) / "rows.jsonl", seed=0, on_batch=report))
     rows = [{"batch": r["batch"], "psnr": round(r["psnr"], 2), "ssim": round(r["ssim"], 4),
              "label_correct": r["label_correct"], "steps": r["steps"], "evaluations": r["gradient_evaluations"]}
             for r in run.rows]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 
 from nlp_dlg import __version__
 from nlp_dlg.engine.config import DEFAULT_LR, DISTANCES, OPTIMIZERS, SCHEDULES, MatchingConfig
-from nlp_dlg.engine.errors import ConfigError
+from nlp_dlg.engine.errors import ConfigError, GradientFileError
 
 NOISY = ("transformers", "datasets", "absl", "huggingface_hub", "filelock", "fsspec", "PIL")
 DEVICE_HELP = ("auto | cpu | cuda | cuda:N | mps: where the model, the gradients and the attack live (default: auto, "
@@ -83,6 +84,8 @@ def add_capture_parser(sub: Any, what: str, add_victim: Callable[[argparse.Argum
     add_victim(cap)
     cap.add_argument("--seed", type=int, default=0, help="seed of the model init (random-init models; default: 0)")
     cap.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the gradient files")
+    cap.add_argument("--overwrite", action="store_true",
+                     help="replace the gradient files already in --out (default: refuse a folder that holds some)")
 
 
 def add_attack_parser(sub: Any, what: str, add_victim: Callable[[argparse.ArgumentParser], None],
@@ -110,6 +113,9 @@ def add_victim_options(group: argparse._ArgumentGroup) -> None:
                             "loopback) and record the all-reduced gradient; --batch-size is the global batch, split "
                             "evenly over the ranks (default: 1)")
     group.add_argument("--device", default="auto", metavar="DEVICE", help=DEVICE_HELP)
+    group.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                       help="CPU threads of torch (default: OMP_NUM_THREADS when set, else torch's own choice: all "
+                            "cores, which spin against other jobs on a shared machine)")
 
 
 def add_matching_options(group: argparse._ArgumentGroup, defaults: MatchingConfig) -> None:
@@ -150,7 +156,9 @@ def add_run_options(group: argparse._ArgumentGroup, log_every: int) -> None:
 
 
 def setup_logging(quiet: bool) -> None:
-    """Progress (INFO) on stderr unless ``quiet``; third-party chatter silenced."""
+    """Progress (INFO) on stderr unless ``quiet``; third-party chatter silenced, their progress bars too (set
+    before transformers is imported: an error stays one line on stderr)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in NOISY:
@@ -161,11 +169,28 @@ def has_private_data(args: argparse.Namespace, *names: str) -> bool:
     return any(getattr(args, n, None) for n in names)
 
 
+def set_threads(threads: int | None) -> None:
+    """``--threads``, else ``OMP_NUM_THREADS`` (torch reads it itself), else torch's default."""
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    logging.getLogger("nlp_dlg").debug("torch threads: %d", torch.get_num_threads())
+
+
 def capture_command(args: argparse.Namespace, victim: Callable[[argparse.Namespace], tuple[Any, list]]) -> int:
-    """Run the victim and write one gradient file per batch."""
+    """Run the victim and write one gradient file per batch, into a folder holding none yet (``--overwrite``
+    removes earlier ones: a later attack of the folder would take them for this capture's)."""
     from nlp_dlg.engine.observation import write_observations
 
+    earlier = sorted(args.out.glob("*.safetensors")) if args.out.is_dir() else []
+    if earlier and not args.overwrite:
+        raise ConfigError(f"--out {args.out}: holds {len(earlier)} gradient file(s) already; pass --overwrite to "
+                          "replace them, or another folder")
+    set_threads(args.threads)
     _, pairs = victim(args)
+    for path in earlier:
+        path.unlink()
     paths = write_observations([obs for obs, _ in pairs], args.out)
     print(f"wrote {len(paths)} gradient file(s) to {args.out}")
     return 0
@@ -177,14 +202,17 @@ def attack_command(args: argparse.Namespace, make_task: Callable[..., Any],
     """Attack the files of ``--gradients`` or, with private data given (``data_options``), capture here and attack
     with scores (the task adopts the victim's model), on the one pipeline; print the summary; exit 130 when
     interrupted. The attack's options and the device are checked before anything is built."""
-    from nlp_dlg.engine.device import resolve_device
-    from nlp_dlg.pipeline import run_attack
-
+    if args.gradients is not None and not args.gradients.exists():   # before torch is imported: at once
+        raise GradientFileError(f"{args.gradients}: no such file or directory")
     private = has_private_data(args, *(o.lstrip("-").replace("-", "_") for o in data_options))
     if args.gradients is not None and private:
         raise ConfigError("pass --gradients (attacker only) or private data (both sides here), not both")
     if args.gradients is None and not private:
         raise ConfigError(f"nothing to attack: pass --gradients DIR, or private data ({', '.join(data_options)})")
+    from nlp_dlg.engine.device import resolve_device
+    from nlp_dlg.pipeline import run_attack
+
+    set_threads(args.threads)
     task = make_task(device=resolve_device(args.device))
     if args.gradients is not None:
         run = run_attack(task, gradients=args.gradients, out=args.out, seed=args.seed)

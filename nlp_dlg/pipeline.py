@@ -159,6 +159,15 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
     return AttackRun(rows, interrupted, task.summary(rows) if rows else None)
 
 
+def unless_interrupted(run: AttackRun) -> AttackRun:
+    """``run``, or ``SystemExit(130)`` where Ctrl-C cut it short (its rows are written): a script that attacks many
+    times stops there instead of going on with the next attack and exiting 0."""
+    if run.interrupted:
+        logger.warning("interrupted: the rows done are written; stopping")
+        raise SystemExit(130)
+    return run
+
+
 @dataclass(frozen=True)
 class Column:
     """One column of a summary table: its title, the value of a row, its format spec, the format of its mean over

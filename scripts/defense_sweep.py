@@ -29,7 +29,7 @@ import torch
 from nlp_dlg.engine import MatchingConfig, dp_epsilon, parse_defense
 from nlp_dlg.engine.distance import gradient_distance
 from nlp_dlg.engine.errors import NlpDlgError
-from nlp_dlg.pipeline import run_attack
+from nlp_dlg.pipeline import run_attack, unless_interrupted
 
 HERE = Path(__file__).resolve().parent
 SENTENCES = HERE.parent / "benchmarks" / "data" / "public_domain_sentences.txt"
@@ -65,7 +65,7 @@ def attack_one(task, obs, truth, seed: int, out: Path) -> tuple[dict | None, str
     priors are unreadable under heavy noise: nothing leaked), the refusal, and the seconds it took."""
     started = time.perf_counter()
     try:
-        row = run_attack(task, pairs=[(obs, truth)], out=out, seed=seed).rows[0]
+        row = unless_interrupted(run_attack(task, pairs=[(obs, truth)], out=out, seed=seed)).rows[0]
     except NlpDlgError as exc:
         return None, str(exc), time.perf_counter() - started
     return row, "", time.perf_counter() - started

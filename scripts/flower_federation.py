@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nlp_dlg.cliutil import positive_int, setup_logging
 from nlp_dlg.engine import MatchingConfig, NlpDlgError
-from nlp_dlg.pipeline import run_attack
+from nlp_dlg.pipeline import run_attack, unless_interrupted
 from nlp_dlg.text import CaptureConfig, MaskedLMTask, ModelSpec, TextAttackConfig, read_sentences
 from nlp_dlg.text.model import default_tokenizer_dir
 from nlp_dlg.text.runner import score_rows
@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         # each round's update is attacked on that round's global weights, as `nlp-dlg attack --weights` does
         task = MaskedLMTask(config, name_or_path=path, weights=entry["global_weights"], echo=lambda line: None)
         t0 = time.perf_counter()
-        run = run_attack(task, gradients=entry["path"], out=args.out_dir / "attack-entry.jsonl", seed=0)
+        run = unless_interrupted(run_attack(task, gradients=entry["path"], out=args.out_dir / "attack-entry.jsonl",
+                                            seed=0))
         seconds = time.perf_counter() - t0
         truth = round_sentences(clients[entry["client"]], args.batch_size, entry["round"])
         for row in score_rows(run.rows, truth, task.tokenizer, max_length=CaptureConfig().max_length):

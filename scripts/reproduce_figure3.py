@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from nlp_dlg.engine.errors import InputDataError
-from nlp_dlg.pipeline import run_attack
+from nlp_dlg.pipeline import run_attack, unless_interrupted
 from vision_dlg import ImageAttackConfig, ImageTask, VisionModelSpec, build_model, capture_images, model_metadata
 from vision_dlg.data import dataset_image, skimage_photo
 from vision_dlg.report import save_grid
@@ -64,7 +64,8 @@ def main() -> None:
                                    log_every=args.every)
         task = ImageTask(config, images_dir=args.out / hub, model=model, echo=lambda line: None,
                          on_step=lambda b, step, f=frames: f.append(step.images[0]))
-        rec = run_attack(task, pairs=[(obs, truth)], out=args.out / hub / "attack.jsonl", seed=0).rows[0]
+        rec = unless_interrupted(run_attack(task, pairs=[(obs, truth)], out=args.out / hub / "attack.jsonl",
+                                            seed=0)).rows[0]
         rows.append((frames, truth.images[0]))
         titles.append(name)
         row = {"dataset": name, "source": source, "label": label, "label_recovered": rec["label"],

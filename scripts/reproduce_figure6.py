@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from nlp_dlg.pipeline import run_attack
+from nlp_dlg.pipeline import run_attack, unless_interrupted
 from vision_dlg import ImageAttackConfig, ImageTask, VisionModelSpec, build_model, capture_images, model_metadata
 from vision_dlg.data import SKIMAGE_PHOTOS, dataset_image, skimage_photo
 from vision_dlg.metrics import mse
@@ -43,8 +43,9 @@ def main() -> None:
     config = ImageAttackConfig(matching=replace(ImageAttackConfig().matching, steps=args.steps))
     args.out.mkdir(parents=True, exist_ok=True)
     # image i is attacked with seed i (batch i of the pipeline, seed 0)
-    run = run_attack(ImageTask(config, images_dir=args.out / "images", model=model, echo=lambda line: None),
-                     pairs=pairs, out=args.out / "attack.jsonl", seed=0)
+    run = unless_interrupted(run_attack(ImageTask(config, images_dir=args.out / "images", model=model,
+                                                  echo=lambda line: None),
+                                        pairs=pairs, out=args.out / "attack.jsonl", seed=0))
     rows = []
     for i, rec in enumerate(run.rows):
         others = torch.stack([x for j, x in enumerate(images) if j != i]).mean(0)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from nlp_dlg.engine.config import PRIORS
-from nlp_dlg.pipeline import run_attack
+from nlp_dlg.pipeline import run_attack, unless_interrupted
 from vision_dlg import ImageAttackConfig, ImageTask, VisionModelSpec, build_model, capture_images, model_metadata
 from vision_dlg.data import dataset_image
 from vision_dlg.metrics import pair_images, psnr, score_images
@@ -110,8 +110,8 @@ def attack_batch_size(args: argparse.Namespace, model, info: dict, bs: int) -> d
                      echo=lambda line: None, grid_every=50, on_step=lambda b, step: check(b, step, truth))
     started = time.perf_counter()
     # seed bs, as before the pipeline: run_attack seeds batch 0 with ``seed``
-    rec = run_attack(task, pairs=[(obs, truth)], out=args.out.parent / f"{args.out.stem}-batch{bs}.jsonl",
-                     seed=bs).rows[0]
+    rec = unless_interrupted(run_attack(task, pairs=[(obs, truth)], seed=bs,
+                                        out=args.out.parent / f"{args.out.stem}-batch{bs}.jsonl")).rows[0]
     row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "mode": args.mode,
            "distance": args.distance, "normalize": args.normalize,
            "init_std": config.initial_std(config.uses_box(bs, train=args.mode == "train")), "tv": rec["tv"],

@@ -197,6 +197,11 @@ class MaskedLMAttack:
                                "nearest token is unambiguous, kept as it is (not certified)", batch, guess.distance)
             return [dataclasses.replace(r, certified=guess.certified) for r in known]
         kept, batch_size = int(guess.rows_certified.sum()), len(guess.rows_certified)
+        if kept == batch_size:   # every sentence fits the spans, yet the guess's gradient is not the observed one
+            logger.warning("batch %d: every sentence fits the attention spans but the guess's own gradient is not the "
+                           "observed one (cosine distance %.2g: a scaled or altered gradient?): the sentences are "
+                           "kept, not certified", batch, guess.distance)
+            return [dataclasses.replace(r, certified=False) for r in known]
         if kept and self.config.peel:
             logger.info("batch %d: %d of %d sentence(s) certified; their share of the gradient removed, the other "
                         "%d attacked on the rest", batch, kept, batch_size, batch_size - kept)

@@ -107,8 +107,9 @@ def load_masked_lm(spec: ModelSpec | None = None) -> BertForMaskedLM:
                     sum(p.numel() for p in model.parameters()) / 1e6)
     else:
         try:
+            # safetensors weights only: a checkpoint's pickle (pytorch_model.bin) is never unpickled
             model, info = BertForMaskedLM.from_pretrained(spec.name_or_path, attn_implementation="eager",
-                                                          output_loading_info=True)
+                                                          output_loading_info=True, use_safetensors=True)
         except OSError as exc:
             raise ConfigError(f"model: cannot load {spec.name_or_path!r} (not a local checkpoint "
                               f"directory, and no hub or cache has it): {str(exc).splitlines()[0]}") from exc
@@ -158,7 +159,8 @@ def model_from_metadata(meta: dict[str, Any], *, name_or_path: str | None = None
 
     Args:
         meta: the ``model`` entry of a gradient file's metadata.
-        name_or_path: where to load pretrained weights from, overriding the file's ``name_or_path``.
+        name_or_path: where to load pretrained weights from; required when the file names a pretrained
+            checkpoint (its ``name_or_path`` is shown, never followed). Only safetensors weights are loaded.
         verify: compare the weights' checksum with the file's.
         weights: a weights file (:func:`nlp_dlg.engine.save_weights`) loaded over the rebuilt model, e.g. the
             global weights of the federated round the gradient was computed in.
@@ -173,8 +175,9 @@ def model_from_metadata(meta: dict[str, Any], *, name_or_path: str | None = None
     elif meta["source"] == "random-init":
         config = {k: v for k, v in meta.get("config", {}).items() if k not in FOREIGN_KEYS}
         spec = ModelSpec(seed=int(meta.get("seed", 0)), config=config)
-    else:
-        spec = ModelSpec(name_or_path=meta.get("name_or_path"))
+    else:  # the file names a checkpoint: the attacker loads only what its user names
+        raise ConfigError(f"the gradient file was computed on the pretrained checkpoint {meta.get('name_or_path')!r}: "
+                          "pass --model NAME_OR_PATH to load it (a path or hub name in a file is never followed)")
     model = load_masked_lm(spec)
     if weights is not None:
         load_model_weights(model, weights)

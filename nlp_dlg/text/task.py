@@ -24,5 +24,8 @@ def masked_lm_gradient(model: PreTrainedModel, input_ids: torch.Tensor, attentio
 
 
 def decode_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
-    """Plain text: special tokens stripped, word pieces merged."""
-    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=True).strip()
+    """Plain text: special tokens stripped but ``[UNK]`` (a word the vocabulary lacks is shown, not dropped), word
+    pieces merged."""
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    kept = [int(i) for i in ids if int(i) not in special]
+    return tokenizer.decode(kept, clean_up_tokenization_spaces=True).strip()

@@ -66,11 +66,25 @@ def prepare_batch(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], 
                   index: int, vocab_size: int, generator: torch.Generator) -> VictimBatch:
     """Tokenize (padded, truncated to ``config.max_length``) and mask one batch of private sentences."""
     chunk = tuple(sentences)
+    _warn_about(tokenizer, chunk, config.max_length, index)
     enc = tokenizer(list(chunk), padding=True, truncation=True, max_length=config.max_length, return_tensors="pt",
                     return_special_tokens_mask=True)
     masked, labels = mask_tokens(enc["input_ids"], enc["special_tokens_mask"], probability=config.mlm_probability,
                                  mask_token_id=tokenizer.mask_token_id, vocab_size=vocab_size, generator=generator)
     return VictimBatch(index, chunk, enc["input_ids"], masked, labels, enc["attention_mask"])
+
+
+def _warn_about(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str], max_length: int, batch: int) -> None:
+    """Say what the gradient will not hold as written: a sentence truncated to ``max_length`` tokens, and words the
+    vocabulary does not have (they become ``[UNK]`` and come back as ``[UNK]``)."""
+    for i, ids in enumerate(tokenizer(list(sentences))["input_ids"]):
+        if len(ids) > max_length:
+            logger.warning("batch %d, sentence %d: %d tokens, truncated to --max-length %d: the rest never enters "
+                           "the gradient", batch, i, len(ids), max_length)
+        unknown = sum(t == tokenizer.unk_token_id for t in ids) if tokenizer.unk_token_id is not None else 0
+        if unknown:
+            logger.warning("batch %d, sentence %d: %d word(s) outside the vocabulary become %s", batch, i, unknown,
+                           tokenizer.unk_token)
 
 
 def capture_gradients(

@@ -170,3 +170,26 @@ def test_a_fuzz_of_metadata_and_header_bytes_ends_in_a_result_or_one_line(tmp_pa
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**10
     assert grown < 300, f"peak RSS grew by {grown:.0f} MiB over {len(cases)} hostile files"
     assert outcomes[2] > len(cases) // 2       # most are refused; the rest are attacked as what they say
+
+
+def test_a_checkpoint_a_file_names_is_not_followed_and_pickled_weights_are_never_loaded(tmp_path, capsys):
+    import torch
+    from conftest import SENTENCE, TINY
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(**TINY))
+    model.config.save_pretrained(tmp_path / "pickled")                            # config.json
+    torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")   # and a pickle, no safetensors
+    code, err = _main(capsys, "nlp-dlg", "capture", "--text", SENTENCE, "--model", str(tmp_path / "pickled"),
+                      "--out", str(tmp_path / "g0"))
+    assert code == 2 and len(err) == 1 and "cannot load" in err[0], err
+    model.save_pretrained(tmp_path / "ckpt")                                       # model.safetensors
+    code, err = _main(capsys, "nlp-dlg", "capture", "--text", SENTENCE, "--model", str(tmp_path / "ckpt"),
+                      "--mask-seed", "0", "--out", str(tmp_path / "g"))
+    assert code == 0, err
+    code, err = _main(capsys, "nlp-dlg", "attack", "--gradients", str(tmp_path / "g"), "--out", str(tmp_path / "r"))
+    assert code == 2 and len(err) == 1 and "pass --model NAME_OR_PATH to load it" in err[0], err
+    code, err = _main(capsys, "nlp-dlg", "attack", "--gradients", str(tmp_path / "g"), "--model",
+                      str(tmp_path / "ckpt"), "--steps", "1", "--out", str(tmp_path / "r"))
+    assert code == 0, err

@@ -280,3 +280,19 @@ def test_peeling_a_certified_sentence_leaves_the_others_gradient(capture, tiny_m
     peeled, own = infer_priors(rest.gradients, tiny_model, 1), infer_priors(alone, tiny_model, 1)
     assert peeled.sequence_length == own.sequence_length == int(truth.attention_mask[1].sum())
     assert peeled.label_ids.tolist() == own.label_ids.tolist() and peeled.num_labelled == own.num_labelled
+
+
+def test_a_sign_flipped_gradient_keeps_the_span_sentences_instead_of_peeling_everything(capture, small, tokenizer):
+    """Every sentence fits the spans but the certificate fails (a FedAvg delta read as a gradient: the sign and
+    scale are off): the sentences come back, not certified; before, all were peeled and a batch of 0 crashed."""
+    from nlp_dlg.engine import GradientObservation
+
+    obs, truth = capture(PAIR, batch_size=2)[0]
+    flipped = GradientObservation({n: -0.01 * g for n, g in obs.gradients.items()}, obs.metadata)
+    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=5))
+    recs = MaskedLMAttack(small[0], tokenizer, config).attack(flipped, generator=torch.Generator().manual_seed(0))
+    assert len(recs) == 2 and not any(r.certified for r in recs)
+    inputs = {tuple(row.tolist()) for row in truth.masked_input_ids}
+    # the unmasked tokens are the sentences' own: each reconstruction agrees with one input outside the labels
+    for rec in recs:
+        assert any(sum(a == b for a, b in zip(rec.token_ids, row)) >= len(row) - 3 for row in inputs)
