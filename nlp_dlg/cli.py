@@ -118,6 +118,7 @@ def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
     """What the attack adopts of the victim (its model, on ``--device``, and tokenizer) and the captured
     (observation, truth) pairs for the victim options."""
     from nlp_dlg.engine.device import resolve_device
+    from nlp_dlg.engine.errors import ConfigError
     from nlp_dlg.engine.victim import fresh_generator
     from nlp_dlg.text.model import check_vocab, load_masked_lm, load_tokenizer, model_metadata
     from nlp_dlg.text.victim import capture_gradients
@@ -133,6 +134,9 @@ def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
     tok_name = args.tokenizer or (args.model if args.model and Path(args.model, "vocab.txt").exists() else None)
     tokenizer = load_tokenizer(tok_name)
     check_vocab(model, tokenizer)
+    positions = model.config.max_position_embeddings
+    if args.max_length > positions:
+        raise ConfigError(f"--max-length: expected at most the model's {positions} positions, got {args.max_length}")
     info = model_metadata(model, spec)
     if args.world_size > 1:
         from nlp_dlg.text.distributed import capture_distributed

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -93,7 +94,8 @@ class Reconstruction:
         ``steps`` are optimizer steps, ``gradient_evaluations`` closures;
         ``certified``: the analytic checks found this sequence exactly, no matching was needed)."""
         return {"batch": self.batch, "index": self.index, "reconstruction": self.reconstruction,
-                "token_ids": list(self.token_ids), "distance": self.distance, "steps": self.steps,
+                "token_ids": list(self.token_ids),
+                "distance": self.distance if math.isfinite(self.distance) else None, "steps": self.steps,
                 "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted,
                 "certified": self.certified}
@@ -172,7 +174,12 @@ class MaskedLMAttack:
         guess = None
         if self.config.method == "span":  # the config refuses span without priors
             started = time.perf_counter()
-            guess = self._analytic(observation, priors, batch_size, generator)
+            try:
+                guess = self._analytic(observation, priors, batch_size, generator)
+            except KeyboardInterrupt:   # no candidate yet: the batch is reported, empty and interrupted
+                logger.warning("batch %d: interrupted during the span checks, before any candidate", batch)
+                return [Reconstruction(batch, i, (), "", float("nan"), 0, 0, time.perf_counter() - started,
+                                       self.config.method, interrupted=True) for i in range(batch_size)]
             done = None if guess is None else self._from_guess(observation, guess, priors, generator, batch, started)
             if done is not None:
                 return done

@@ -59,3 +59,34 @@ def test_threads_sets_torchs_thread_count(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_max_length_beyond_the_models_positions_is_one_line(tmp_path, capsys, tiny_config_file):
+    from nlp_dlg.cli import main
+
+    capsys.readouterr()
+    code = main(["-q", "capture", "--text", "a sentence .", "--max-length", "1000", "--model-config",
+                 str(tiny_config_file), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["nlp-dlg: error: --max-length: expected at most the model's 512 positions, got 1000"]
+
+
+def test_ctrl_c_during_the_span_checks_keeps_the_batches_done_and_exits_130(tmp_path, monkeypatch, tiny_config_file):
+    from nlp_dlg.cli import main
+    from nlp_dlg.text.attack import MaskedLMAttack
+
+    original, calls = MaskedLMAttack._analytic, []
+
+    def interrupted_second_time(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaskedLMAttack, "_analytic", interrupted_second_time)
+    out = tmp_path / "r.jsonl"
+    code = main(["-q", "attack", "--text", "one sentence here .", "--text", "and a second one .", "--model-config",
+                 str(tiny_config_file), "--mask-seed", "0", "--steps", "2", "--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 130 and len(rows) == 2
+    assert not rows[0]["interrupted"] and rows[1]["interrupted"] and rows[1]["distance"] is None
