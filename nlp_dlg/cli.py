@@ -22,6 +22,7 @@ from nlp_dlg.cliutil import (
     matching_config,
     positive_int,
     probability,
+    set_threads,
     task_parser,
 )
 from nlp_dlg.text.config import METHODS, CaptureConfig, TextAttackConfig
@@ -117,18 +118,19 @@ def _model_spec(args: argparse.Namespace) -> Any:
 def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
     """What the attack adopts of the victim (its model, on ``--device``, and tokenizer) and the captured
     (observation, truth) pairs for the victim options."""
+    # the options and the input are checked before torch is imported or a model is built: a typo fails at once
+    config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
+                           max_length=args.max_length, train_mode=args.train_mode, defense=args.defense,
+                           local_steps=args.local_steps, local_lr=args.local_lr)
+    sentences = _sentences(args)
     from nlp_dlg.engine.device import resolve_device
     from nlp_dlg.engine.errors import ConfigError
     from nlp_dlg.engine.victim import fresh_generator
     from nlp_dlg.text.model import check_vocab, load_masked_lm, load_tokenizer, model_metadata
     from nlp_dlg.text.victim import capture_gradients
 
-    # options are checked (defence spec and device included) before a model is built: a typo fails in a moment
-    config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
-                           max_length=args.max_length, train_mode=args.train_mode, defense=args.defense,
-                           local_steps=args.local_steps, local_lr=args.local_lr)
+    set_threads(args.threads)
     device = resolve_device(args.device)
-    sentences = _sentences(args)
     spec = _model_spec(args)
     model = load_masked_lm(spec).to(device)
     tok_name = args.tokenizer or (args.model if args.model and Path(args.model, "vocab.txt").exists() else None)

@@ -182,14 +182,13 @@ def set_threads(threads: int | None) -> None:
 def capture_command(args: argparse.Namespace, victim: Callable[[argparse.Namespace], tuple[Any, list]]) -> int:
     """Run the victim and write one gradient file per batch, into a folder holding none yet (``--overwrite``
     removes earlier ones: a later attack of the folder would take them for this capture's)."""
-    from nlp_dlg.engine.observation import write_observations
-
     earlier = sorted(args.out.glob("*.safetensors")) if args.out.is_dir() else []
     if earlier and not args.overwrite:
         raise ConfigError(f"--out {args.out}: holds {len(earlier)} gradient file(s) already; pass --overwrite to "
                           "replace them, or another folder")
-    set_threads(args.threads)
-    _, pairs = victim(args)
+    _, pairs = victim(args)         # the victim sets --threads once its input is read
+    from nlp_dlg.engine.observation import write_observations
+
     for path in earlier:
         path.unlink()
     paths = write_observations([obs for obs, _ in pairs], args.out)
@@ -213,7 +212,7 @@ def attack_command(args: argparse.Namespace, make_task: Callable[..., Any],
     from nlp_dlg.engine.device import resolve_device
     from nlp_dlg.pipeline import run_attack
 
-    set_threads(args.threads)
+    set_threads(args.threads)       # (the victim sets them again, for an in-process capture)
     task = make_task(device=resolve_device(args.device))
     if args.gradients is not None:
         run = run_attack(task, gradients=args.gradients, out=args.out, seed=args.seed)

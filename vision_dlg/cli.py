@@ -23,6 +23,7 @@ from nlp_dlg.cliutil import (
     int_list,
     matching_config,
     positive_int,
+    set_threads,
     task_parser,
 )
 from nlp_dlg.engine.config import PRIORS
@@ -146,8 +147,9 @@ def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
     from vision_dlg.victim import capture_images
 
     spec = VisionModelSpec(args.model, args.num_classes, args.channels, args.image_size, args.seed)
-    device = resolve_device(args.device)
     images, labels = _images(args, spec)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
     model = build_model(spec).to(device)
     info = model_metadata(model, spec)
     if args.world_size > 1:

@@ -391,6 +391,7 @@ class _SentenceSearch:
                 flat_inputs = torch.cat([first_layer_inputs(model, c, p) for p, c in enumerate(options)])
                 self.searches[length] = (options, (_flat_positions(options), torch.cat(options), flat_inputs))
         self.fruitless = dict.fromkeys(self.searches, 0)
+        self.interrupted = False
 
     @property
     def complete(self) -> bool:
@@ -488,15 +489,28 @@ def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[tor
     ``max_fruitless`` rounds in a row without a new sentence. Returns the certified sentences, then, if
     fewer than ``batch_size`` were certified, the best uncertified ones.
     """
+    return search_sentences(model, span2, candidates, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
+                            starts=starts, max_sweeps=max_sweeps, max_fruitless=max_fruitless).result()
+
+
+def search_sentences(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int, *,
+                     cls_id: int, sep_id: int, generator: torch.Generator, starts: int = 8, max_sweeps: int = 12,
+                     max_fruitless: int = 3) -> _SentenceSearch:
+    """:func:`assemble_batch`'s search, returned as it ended: Ctrl-C stops it where it is, with the sentences found
+    so far kept (``interrupted``) for the caller to report."""
     kept = _kept_candidates(model, span2, candidates, batch_size, generator)
     search = _SentenceSearch(model, span2, kept, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
                              starts=starts, max_sweeps=max_sweeps)
-    quota = length_counts(list(search.searches), batch_size, span2.rank)
-    if quota is not None:
-        search.by_quota(quota, max_fruitless)
-    search.while_yielding()
-    search.retry(max_fruitless)
-    return search.result()
+    try:
+        quota = length_counts(list(search.searches), batch_size, span2.rank)
+        if quota is not None:
+            search.by_quota(quota, max_fruitless)
+        search.while_yielding()
+        search.retry(max_fruitless)
+    except KeyboardInterrupt:
+        search.interrupted = True
+        logger.warning("interrupted: %d sentence(s) assembled so far are kept", len(search.found))
+    return search
 
 
 def place_labels(model: BertForMaskedLM, gradients: Mapping[str, torch.Tensor], input_ids: torch.Tensor,

@@ -37,12 +37,12 @@ from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
 from nlp_dlg.text.analytic import (
     SpanUnavailable,
-    assemble_batch,
     attention_input_span,
     label_known_sentences,
     nearest_tokens,
     place_labels,
     position_candidates,
+    search_sentences,
 )
 from nlp_dlg.text.config import METHODS, TextAttackConfig
 from nlp_dlg.text.plugin import MaskedLMPlugin
@@ -113,6 +113,7 @@ class AnalyticGuess:
     certified: bool               # the whole guess gives the observed gradient back
     distance: float               # gradient cosine distance of the guess
     unambiguous: bool             # an inexact one-sentence guess whose nearest tokens stand out
+    interrupted: bool = False     # Ctrl-C stopped the sentence search: the sentences found so far
 
 
 class MaskedLMAttack:
@@ -195,6 +196,8 @@ class MaskedLMAttack:
         for cb in self.callbacks:
             cb(TextStep(record, tuple(texts), guess.ids))
         known = self._known(guess, texts, batch, seconds)
+        if guess.interrupted:   # Ctrl-C in the sentence search: what it found, no matching after it
+            return [dataclasses.replace(r, interrupted=True, certified=r.certified and guess.certified) for r in known]
         if guess.certified or guess.unambiguous:
             if guess.certified:
                 logger.info("batch %d: every sentence certified by the span checks (%.1fs, gradient cosine distance "
@@ -266,7 +269,7 @@ class MaskedLMAttack:
         labelled = None if found is None else self._labels(grads, *found[:3], priors)
         if found is None or labelled is None:
             return None
-        (inputs, mask, rows_certified, unambiguous), (labels, misfit) = found, labelled
+        (inputs, mask, rows_certified, unambiguous, interrupted), (labels, misfit) = found, labelled
         ids = torch.where(labels != -100, labels, inputs)
         own = masked_lm_gradient(self.model, inputs, mask, labels)
         names = list(grads)
@@ -275,23 +278,24 @@ class MaskedLMAttack:
         certified = distance < CERTIFY_DISTANCE
         logger.info("span check: label misfit %.2g, gradient cosine distance %.2g", misfit, distance)
         return AnalyticGuess(ids, inputs, mask, labels, rows_certified | certified, certified, distance,
-                             unambiguous and not certified)
+                             unambiguous and not certified, interrupted)
 
     def _inputs(self, grads: Mapping[str, torch.Tensor], priors: MaskedLMPriors, batch_size: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool] | None:
-        """``(input ids, attention mask, certified rows, unambiguous)`` from the exact span checks or, for one
-        sentence whose gradient is not exact (noise, quantisation, pruning, dropout; its span still has rank T),
-        the nearest token per position, ``unambiguous`` when each stands out by ``NEAREST_MARGIN``. None where
-        neither works."""
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, bool] | None:
+        """``(input ids, attention mask, certified rows, unambiguous, interrupted)`` from the exact span checks
+        (``interrupted``: Ctrl-C stopped the sentence search) or, for one sentence whose gradient is not exact
+        (noise, quantisation, pruning, dropout; its span still has rank T), the nearest token per position,
+        ``unambiguous`` when each stands out by ``NEAREST_MARGIN``. None where neither works."""
         exact, why = _unless_unavailable(self._exact_guess, grads, priors, batch_size, generator)
         if exact is not None:
-            return (*exact, False)
+            inputs, mask, rows, interrupted = exact
+            return inputs, mask, rows, False, interrupted
         if batch_size == 1:
             logger.warning("span check: %s; one sentence: taking the nearest token to the rank-%d span at each "
                            "position (an inexact gradient?)", why, priors.sequence_length)
             nearest, why = _unless_unavailable(self._nearest_guess, grads, priors)
             if nearest is not None:
-                return nearest
+                return (*nearest, False)
         logger.warning("span check unavailable (%s): gradient matching only", why)
         return None
 
@@ -332,15 +336,17 @@ class MaskedLMAttack:
         return labels, known[1]
 
     def _exact_guess(self, grads: Mapping[str, torch.Tensor], priors: MaskedLMPriors, batch_size: int,
-                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sentences from the exact span checks: ``(input ids (B, T), attention mask (B, T), certified (B,))``."""
+                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Sentences from the exact span checks: ``(input ids (B, T), attention mask (B, T), certified (B,),
+        interrupted)``."""
         tok, length, device = self.tokenizer, priors.sequence_length, model_device(self.model)
         span1 = attention_input_span(grads, self.model, 0, batch_size * length)
         candidates = position_candidates(self.model, span1, priors.token_set, length)
         logger.info("span check: rank %d; candidates per position %s", span1.rank, [len(c) for c in candidates])
         span2 = attention_input_span(grads, self.model, 1, batch_size * length)
-        sentences = assemble_batch(self.model, span2, candidates, batch_size, cls_id=tok.cls_token_id,
-                                   sep_id=tok.sep_token_id, generator=generator)
+        search = search_sentences(self.model, span2, candidates, batch_size, cls_id=tok.cls_token_id,
+                                  sep_id=tok.sep_token_id, generator=generator)
+        sentences = search.result()
         if not sentences:
             raise SpanUnavailable("no sentence fits the attention spans")
         logger.info("span check: %d/%d sentence(s) fit the second layer", sum(s.certified for s in sentences),
@@ -352,7 +358,7 @@ class MaskedLMAttack:
         for i, s in enumerate(sentences):
             inputs[i, :len(s.token_ids)] = torch.tensor(s.token_ids, device=device)
             mask[i, :len(s.token_ids)] = 1
-        return inputs, mask, torch.tensor(certified, device=device)
+        return inputs, mask, torch.tensor(certified, device=device), search.interrupted
 
     def _match(self, observation: GradientObservation, priors: MaskedLMPriors, generator: torch.Generator,
                batch: int, guess: AnalyticGuess | None) -> list[Reconstruction]:

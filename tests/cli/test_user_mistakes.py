@@ -42,12 +42,12 @@ def test_truncation_and_unknown_words_are_said_and_unknown_words_come_back_as_un
     assert row["reference"] == "[UNK] is here." and row["reconstruction"].startswith("[UNK]")
 
 
-def test_a_missing_gradient_path_is_answered_before_torch_is_imported(tmp_path):
-    code = ("import sys\nfrom nlp_dlg.cli import main\n"
-            f"code = main(['-q', 'attack', '--gradients', {str(tmp_path / 'nope')!r}, '--out', 'r'])\n"
-            "print(code, 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["2", "False"] and "no such file or directory" in done.stderr
+def test_a_missing_path_is_answered_before_torch_is_imported(tmp_path):
+    for argv, message in ((["attack", "--gradients", str(tmp_path / "nope"), "--out", "r"], "no such file or"),
+                          (["capture", "--input", str(tmp_path / "nope.txt"), "--out", "g"], "no such file")):
+        code = f"import sys\nfrom nlp_dlg.cli import main\nprint(main(['-q', *{argv!r}]), 'torch' in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.stdout.split() == ["2", "False"] and message in done.stderr, done.stderr
 
 
 def test_threads_sets_torchs_thread_count(tmp_path):

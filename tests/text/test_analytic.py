@@ -296,3 +296,25 @@ def test_a_sign_flipped_gradient_keeps_the_span_sentences_instead_of_peeling_eve
     # the unmasked tokens are the sentences' own: each reconstruction agrees with one input outside the labels
     for rec in recs:
         assert any(sum(a == b for a, b in zip(rec.token_ids, row)) >= len(row) - 3 for row in inputs)
+
+
+def test_ctrl_c_in_the_sentence_search_keeps_the_sentences_found_so_far(capture, small, tokenizer, monkeypatch):
+    """The span phase's best candidate survives an interrupt: the sentences assembled before it, reported
+    interrupted, and no gradient matching after it."""
+    from nlp_dlg.text import analytic
+
+    obs, truth = capture(PAIR, batch_size=2)[0]
+    original, rounds = analytic._SentenceSearch.round, []
+
+    def interrupted_after_one_sentence(self, length):
+        if self.found:
+            raise KeyboardInterrupt
+        rounds.append(length)
+        return original(self, length)
+
+    monkeypatch.setattr(analytic._SentenceSearch, "round", interrupted_after_one_sentence)
+    config = TextAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=5))
+    recs = MaskedLMAttack(small[0], tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))
+    assert all(r.interrupted and r.evaluations == 0 for r in recs)
+    references = {decode_text(tokenizer, row.tolist()) for row in truth.input_ids}
+    assert any(r.reconstruction in references for r in recs)        # the sentence found before Ctrl-C
