@@ -175,8 +175,8 @@ def set_threads(threads: int | None) -> None:
 
     if threads is not None:
         torch.set_num_threads(threads)
-    logging.getLogger("nlp_dlg").info("torch threads: %d (beside other CPU-bound jobs, fewer threads than cores: "
-                                      "--threads)", torch.get_num_threads())
+    logging.getLogger("nlp_dlg").info("torch threads: %d (on a machine shared with other CPU-bound jobs, set "
+                                      "--threads below the number of cores)", torch.get_num_threads())
 
 
 def capture_command(args: argparse.Namespace, victim: Callable[[argparse.Namespace], tuple[Any, list]]) -> int:

@@ -2,11 +2,12 @@
 
 A *task* (masked-LM text, image classification, ...) implements the small :class:`AttackTask` contract: build or
 load the model a gradient file names, attack one observation (decode it, and score it when the truth is known),
-and summarise scored rows. :func:`run_attack` drives any task: it reads the metadata of every gradient file
-first and refuses a folder whose files name different tasks or different weights (one line, before anything is
-built), then attacks each batch, streams one JSON line per reconstructed item to a temporary file that replaces
-``out`` only once the run ends (a failed run leaves an earlier results file as it was), and returns the rows and
-the summary. Both CLIs, the benchmarks and the scripts call it. Nothing here knows text or images.
+and summarise scored rows. :func:`run_attack` drives any task: it reads the header of every gradient file first
+and refuses, in one line and before anything is built, metadata that does not fit the schema or the tensors
+stored, and a folder whose files name different tasks or different weights; then it attacks each batch, streams
+one JSON line per reconstructed item to a temporary file that replaces ``out`` only once the run ends (a failed
+run leaves an earlier results file as it was), and returns the rows and the summary. Both CLIs, the benchmarks
+and the scripts call it. Nothing here knows text or images.
 """
 
 from __future__ import annotations
@@ -125,8 +126,8 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
     files carry their ``source`` path. ``on_batch(b, outcome)`` is called after each batch (progress).
 
     Raises:
-        GradientFileError, ModelMismatchError: before any attack, for a folder that is not one task's files on
-            one set of weights.
+        GradientFileError, MetadataError, ModelMismatchError: before any attack, for a file whose metadata does
+            not fit the schema or its tensors, and a folder that is not one task's files on one set of weights.
     """
     import torch
 
