@@ -12,11 +12,12 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.pipeline import BatchOutcome, Column, Row, format_table
 from nlp_dlg.text.attack import MaskedLMAttack, TextStep
 from nlp_dlg.text.config import TextAttackConfig
 from nlp_dlg.text.metrics import score_batch
-from nlp_dlg.text.model import check_model_metadata, load_tokenizer, model_from_metadata
+from nlp_dlg.text.model import DEFAULT_TOKENIZER, check_model_metadata, load_tokenizer, model_from_metadata
 from nlp_dlg.text.task import TASK, decode_text
 from nlp_dlg.text.victim import VictimBatch
 
@@ -30,8 +31,10 @@ class MaskedLMTask:
         config: the attack's options.
         model, tokenizer: the model and tokenizer to attack with (the in-process victim's); None: built or loaded
             from the first gradient file's metadata by :meth:`prepare`.
-        name_or_path: load pretrained weights from here instead of the file's ``name_or_path``.
-        tokenizer_name: the tokenizer (default: the file's).
+        name_or_path: where to load pretrained weights from; required when a file names a pretrained checkpoint
+            (a path or hub name in a file is never followed).
+        tokenizer_name: the tokenizer; default: ``name_or_path`` where it holds one, else the offline
+            bert-base-uncased vocabulary. A file recording another tokenizer is refused until it is named here.
         verify: compare the weights' checksum with the file's.
         weights: a weights file loaded over the model (e.g. a federated round's global weights).
         device: where the attack runs (None: where the model is).
@@ -75,9 +78,24 @@ class MaskedLMTask:
             self.model, _ = model_from_metadata(dict(metadata.get("model", {})), name_or_path=self.name_or_path,
                                                 verify=self.verify, weights=self.weights)
         if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.tokenizer_name or metadata.get("tokenizer"))
+            self.tokenizer = load_tokenizer(self._tokenizer_for(metadata.get("tokenizer")))
         if self.device is not None:
             self.model.to(self.device)
+
+    def _tokenizer_for(self, recorded: Any) -> str | None:
+        """The tokenizer to load: the one named here, else the model directory's, else the default; a file's
+        recorded tokenizer is compared with it, never loaded from the file's word."""
+        if self.tokenizer_name is not None:
+            return self.tokenizer_name
+        named = self.name_or_path
+        if named is not None and any(Path(named, f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+            return named
+        if recorded in (None, DEFAULT_TOKENIZER):
+            return None                                   # the offline bert-base-uncased vocabulary
+        if recorded == named:
+            return named                                  # a hub name the user passed as --model
+        raise ConfigError(f"the gradient file was tokenized with {recorded!r}: pass --tokenizer NAME_OR_PATH to "
+                          "load it (a path or hub name in a file is never followed)")
 
     def attack_batch(self, observation: Any, truth: VictimBatch | None, *, batch: int,
                      generator: torch.Generator) -> BatchOutcome:

@@ -193,3 +193,10 @@ def test_a_checkpoint_a_file_names_is_not_followed_and_pickled_weights_are_never
     code, err = _main(capsys, "nlp-dlg", "attack", "--gradients", str(tmp_path / "g"), "--model",
                       str(tmp_path / "ckpt"), "--steps", "1", "--out", str(tmp_path / "r"))
     assert code == 0, err
+
+
+def test_a_tokenizer_a_file_names_is_not_followed(tmp_path, capsys, text_file):
+    """A file recording another tokenizer (a path) is refused until --tokenizer names it."""
+    path = _rewrite(text_file, tmp_path / "tok.safetensors", lambda m: {**m, "tokenizer": "/home/someone/evil-tok"})
+    code, err = _main(capsys, "nlp-dlg", "attack", "--gradients", str(path), "--out", str(tmp_path / "r"))
+    assert code == 2 and len(err) == 1 and "tokenized with '/home/someone/evil-tok': pass --tokenizer" in err[0], err
