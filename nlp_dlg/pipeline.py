@@ -65,6 +65,18 @@ class AttackTask(Protocol):
         ...
 
 
+class PlacedModel:
+    """What every task does with its model: keep the one it is given (an in-process victim's) or builds, and put
+    it on the task's device (None: where it is)."""
+
+    model: Any = None
+    device: Any = None
+
+    def place(self) -> None:
+        if self.model is not None and self.device is not None:
+            self.model.to(self.device)
+
+
 @dataclass(frozen=True)
 class AttackRun:
     """The rows of a run (in order), whether it was interrupted, and the summary table of scored rows."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nlp_dlg.pipeline import BatchOutcome, Column, Row, format_table
+from nlp_dlg.pipeline import BatchOutcome, Column, PlacedModel, Row, format_table
 from vision_dlg.attack import ImageAttack, ImageReconstruction, ImageStep
 from vision_dlg.config import ImageAttackConfig
 from vision_dlg.metrics import psnr, score_images
@@ -24,7 +24,7 @@ from vision_dlg.victim import VisionBatch
 logger = logging.getLogger(__name__)
 
 
-class ImageTask:
+class ImageTask(PlacedModel):
     """Attack image-classification gradients in the pipeline.
 
     Args:
@@ -51,14 +51,12 @@ class ImageTask:
         self.images_dir = Path(images_dir)
         self.model, self.device = model, device
         self.echo = echo or logger.info
-        if self.model is not None and device is not None:
-            self.model.to(device)
+        self.place()
 
     def adopt(self, model: nn.Module) -> None:
         """Attack with the in-process victim's model (moved to the device, if one was given)."""
         self.model = model
-        if self.device is not None:
-            self.model.to(self.device)
+        self.place()
 
     def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
         check_model_metadata(metadata, shapes)
@@ -66,8 +64,7 @@ class ImageTask:
     def prepare(self, metadata: Mapping[str, Any]) -> None:
         if self.model is None:
             self.model, _ = model_from_metadata(dict(metadata.get("model", {})))
-        if self.device is not None:
-            self.model.to(self.device)
+        self.place()
 
     def attack_batch(self, observation: Any, truth: VisionBatch | None, *, batch: int,
                      generator: torch.Generator) -> BatchOutcome:

@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nlp_dlg.engine.errors import ConfigError
-from nlp_dlg.pipeline import BatchOutcome, Column, Row, format_table
+from nlp_dlg.pipeline import BatchOutcome, Column, PlacedModel, Row, format_table
 from nlp_dlg.text.attack import MaskedLMAttack, TextStep
 from nlp_dlg.text.config import TextAttackConfig
 from nlp_dlg.text.metrics import score_batch
@@ -24,7 +24,7 @@ from nlp_dlg.text.victim import VictimBatch
 logger = logging.getLogger(__name__)
 
 
-class MaskedLMTask:
+class MaskedLMTask(PlacedModel):
     """Attack masked-LM gradients in the pipeline.
 
     Args:
@@ -61,14 +61,12 @@ class MaskedLMTask:
         self.name_or_path, self.tokenizer_name = name_or_path, tokenizer_name
         self.verify, self.weights, self.device = verify, weights, device
         self.echo = echo or logger.info
-        if self.model is not None and device is not None:
-            self.model.to(device)
+        self.place()
 
     def adopt(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         """Attack with the in-process victim's model and tokenizer (moved to the device, if one was given)."""
         self.model, self.tokenizer = model, tokenizer
-        if self.device is not None:
-            self.model.to(self.device)
+        self.place()
 
     def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
         check_model_metadata(metadata, shapes)
@@ -79,8 +77,7 @@ class MaskedLMTask:
                                                 verify=self.verify, weights=self.weights)
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self._tokenizer_for(metadata.get("tokenizer")))
-        if self.device is not None:
-            self.model.to(self.device)
+        self.place()
 
     def _tokenizer_for(self, recorded: Any) -> str | None:
         """The tokenizer to load: the one named here, else the model directory's, else the default; a file's
