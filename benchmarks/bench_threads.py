@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from bench_eval_time import _median_seconds  # a warm-up, then the median (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,16 +60,6 @@ def bert_evaluation():
     return _evaluation(plugin, [obs.gradients[n] for n in plugin.matched_parameters()])
 
 
-def median_seconds(run, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
@@ -85,7 +75,7 @@ def main() -> None:
                 torch.set_num_threads(threads)
                 for model, run in runs.items():
                     row = {"date": time.strftime("%Y-%m-%d"), "model": model, "threads": threads, "busy": busy,
-                           "cores": os.cpu_count(), "seconds_per_evaluation": round(median_seconds(run, args.repeats),
+                           "cores": os.cpu_count(), "seconds_per_evaluation": round(_median_seconds(run, args.repeats),
                                                                                      4)}
                     with args.out.open("a") as fh:
                         fh.write(json.dumps(row) + "\n")

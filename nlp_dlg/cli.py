@@ -126,14 +126,14 @@ def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
     from nlp_dlg.engine.device import resolve_device
     from nlp_dlg.engine.errors import ConfigError
     from nlp_dlg.engine.victim import fresh_generator
-    from nlp_dlg.text.model import check_vocab, load_masked_lm, load_tokenizer, model_metadata
+    from nlp_dlg.text.model import check_vocab, holds_tokenizer, load_masked_lm, load_tokenizer, model_metadata
     from nlp_dlg.text.victim import capture_gradients
 
     set_threads(args.threads)
     device = resolve_device(args.device)
     spec = _model_spec(args)
     model = load_masked_lm(spec).to(device)
-    tok_name = args.tokenizer or (args.model if args.model and Path(args.model, "vocab.txt").exists() else None)
+    tok_name = args.tokenizer or (args.model if holds_tokenizer(args.model) else None)
     tokenizer = load_tokenizer(tok_name)
     check_vocab(model, tokenizer)
     positions = model.config.max_position_embeddings

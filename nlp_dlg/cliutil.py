@@ -212,9 +212,9 @@ def attack_command(args: argparse.Namespace, make_task: Callable[..., Any],
     from nlp_dlg.engine.device import resolve_device
     from nlp_dlg.pipeline import run_attack
 
-    set_threads(args.threads)       # (the victim sets them again, for an in-process capture)
     task = make_task(device=resolve_device(args.device))
     if args.gradients is not None:
+        set_threads(args.threads)   # (an in-process victim sets them itself, once its input is read)
         run = run_attack(task, gradients=args.gradients, out=args.out, seed=args.seed)
     else:
         adopted, pairs = victim(args)

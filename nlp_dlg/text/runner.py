@@ -17,7 +17,13 @@ from nlp_dlg.pipeline import BatchOutcome, Column, PlacedModel, Row, format_tabl
 from nlp_dlg.text.attack import MaskedLMAttack, TextStep
 from nlp_dlg.text.config import TextAttackConfig
 from nlp_dlg.text.metrics import score_batch
-from nlp_dlg.text.model import DEFAULT_TOKENIZER, check_model_metadata, load_tokenizer, model_from_metadata
+from nlp_dlg.text.model import (
+    DEFAULT_TOKENIZER,
+    check_model_metadata,
+    holds_tokenizer,
+    load_tokenizer,
+    model_from_metadata,
+)
 from nlp_dlg.text.task import TASK, decode_text
 from nlp_dlg.text.victim import VictimBatch
 
@@ -85,7 +91,7 @@ class MaskedLMTask(PlacedModel):
         if self.tokenizer_name is not None:
             return self.tokenizer_name
         named = self.name_or_path
-        if named is not None and any(Path(named, f).is_file() for f in ("vocab.txt", "tokenizer.json")):
+        if holds_tokenizer(named):
             return named
         if recorded in (None, DEFAULT_TOKENIZER):
             return None                                   # the offline bert-base-uncased vocabulary
