@@ -97,6 +97,9 @@ def add_attack_parser(sub: Any, what: str, add_victim: Callable[[argparse.Argume
                                      "with private data given, both sides run here and the results are scored.")
     att.add_argument("--gradients", type=Path, metavar="DIR_OR_FILE", help="gradient file or directory of them")
     att.add_argument("--out", type=Path, required=True, metavar="FILE", help="results, one JSON line per item")
+    att.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                     help="attack the --gradients files in N processes at once, same results as one (default: 1); "
+                          "each gets --threads torch threads, by default the cores shared out")
     add_victim(att)
     add_attack(att)
 
@@ -209,13 +212,17 @@ def attack_command(args: argparse.Namespace, make_task: Callable[..., Any],
         raise ConfigError("pass --gradients (attacker only) or private data (both sides here), not both")
     if args.gradients is None and not private:
         raise ConfigError(f"nothing to attack: pass --gradients DIR, or private data ({', '.join(data_options)})")
+    if args.gradients is None and args.workers > 1:
+        raise ConfigError("--workers attacks --gradients files; an in-process capture is attacked here, in one")
     from nlp_dlg.engine.device import resolve_device
     from nlp_dlg.pipeline import run_attack
 
     task = make_task(device=resolve_device(args.device))
     if args.gradients is not None:
-        set_threads(args.threads)   # (an in-process victim sets them itself, once its input is read)
-        run = run_attack(task, gradients=args.gradients, out=args.out, seed=args.seed)
+        if args.workers == 1:
+            set_threads(args.threads)   # (an in-process victim sets them itself, once its input is read)
+        run = run_attack(task, gradients=args.gradients, out=args.out, seed=args.seed, workers=args.workers,
+                         threads=args.threads)
     else:
         adopted, pairs = victim(args)
         task.adopt(**adopted)
@@ -223,6 +230,10 @@ def attack_command(args: argparse.Namespace, make_task: Callable[..., Any],
     if run.summary:
         print(run.summary)
     print(f"wrote {len(run.rows)} reconstruction(s) to {args.out}")
+    if run.failed:
+        from nlp_dlg.pipeline import failure_message
+
+        raise GradientFileError(failure_message(run.failed))
     return 130 if run.interrupted else 0
 
 

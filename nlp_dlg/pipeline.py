@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
-from nlp_dlg.engine.errors import ConfigError, GradientFileError, ModelMismatchError
+from nlp_dlg.engine.errors import ConfigError, GradientFileError, ModelMismatchError, NlpDlgError
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +79,14 @@ class PlacedModel:
 
 @dataclass(frozen=True)
 class AttackRun:
-    """The rows of a run (in order), whether it was interrupted, and the summary table of scored rows."""
+    """The rows of a run (in order), whether it was interrupted, the summary table of scored rows, and the files
+    that failed."""
 
     rows: list[Row] = field(default_factory=list)
     interrupted: bool = False
     summary: str | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """``(file, error)`` of each file whose attack failed (the others' rows are kept)."""
 
 
 def model_key(metadata: Mapping[str, Any]) -> str | None:
@@ -120,45 +123,79 @@ def check_files(files: Sequence[Path], task: AttackTask) -> list[dict[str, Any]]
     return metas
 
 
-def file_batches(files: Sequence[Path]) -> Iterator[tuple[Any, None, str]]:
-    """``(observation, None, path)`` per file, loaded one at a time."""
+def pair_outcomes(task: AttackTask, pairs: Iterable[tuple[Any, Any]],
+                  seed: int) -> Iterator[tuple[int, str | None, BatchOutcome | Exception]]:
+    """``(batch, None, outcome)`` per in-process ``(observation, truth)``, attacked here in order."""
+    import torch
+
+    for b, (observation, truth) in enumerate(pairs):
+        yield b, None, task.attack_batch(observation, truth, batch=b, generator=torch.Generator().manual_seed(seed + b))
+
+
+def file_outcomes(task: AttackTask, files: Sequence[Path],
+                  seed: int) -> Iterator[tuple[int, str | None, BatchOutcome | Exception]]:
+    """``(batch, path, outcome)`` per gradient file, loaded one at a time and attacked here in order; a file whose
+    loading or attack raises a library error gives that error as its outcome (the run goes on)."""
+    import torch
+
     from nlp_dlg.engine.observation import load_observation
 
-    for path in files:
-        yield load_observation(path), None, str(path)
+    for b, path in enumerate(files):
+        try:
+            outcome: BatchOutcome | Exception = task.attack_batch(
+                load_observation(path), None, batch=b, generator=torch.Generator().manual_seed(seed + b))
+        except (NlpDlgError, ValueError, OSError) as exc:
+            outcome = exc
+        yield b, str(path), outcome
 
 
 def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: str | Path | None = None,
                pairs: Iterable[tuple[Any, Any]] | None = None,
-               on_batch: Callable[[int, BatchOutcome], None] | None = None) -> AttackRun:
+               on_batch: Callable[[int, BatchOutcome], None] | None = None, workers: int = 1,
+               threads: int | None = None) -> AttackRun:
     """Attack the gradient files under ``gradients`` (a file or a folder; nothing known of the data), or the
     in-process ``(observation, truth)`` ``pairs`` (scored), and write one JSON line per item to ``out``.
 
     Batch ``b`` is attacked with a CPU generator seeded ``seed + b``, so one seed gives one result. Rows from
-    files carry their ``source`` path. ``on_batch(b, outcome)`` is called after each batch (progress).
+    files carry their ``source`` path. ``on_batch(b, outcome)`` is called after each batch (progress). Files are
+    attacked by ``workers`` processes of ``threads`` torch threads each when ``workers > 1``
+    (:mod:`nlp_dlg.workers`; the rows are the same as one process's). A file whose attack fails is reported in
+    :attr:`AttackRun.failed` and the others are kept.
 
     Raises:
         GradientFileError, MetadataError, ModelMismatchError: before any attack, for a file whose metadata does
             not fit the schema or its tensors, and a folder that is not one task's files on one set of weights.
     """
-    import torch
-
     if (gradients is None) == (pairs is None):
         raise ConfigError("run_attack: pass gradient files (gradients=...) or captured pairs (pairs=...), one of them")
-    if gradients is not None:
+    if pairs is not None:
+        outcomes = pair_outcomes(task, pairs, seed)
+    else:
         from nlp_dlg.engine.observation import find_gradient_files
 
-        files = find_gradient_files(gradients)
+        files = find_gradient_files(gradients)  # type: ignore[arg-type]
         metas = check_files(files, task)
-        task.prepare(metas[0])
-        batches: Iterable[tuple[Any, Any, str | None]] = file_batches(files)
-    else:
-        batches = ((obs, truth, None) for obs, truth in pairs)  # type: ignore[union-attr]
+        if workers > 1 and len(files) > 1:
+            from nlp_dlg.workers import pooled_outcomes
+
+            outcomes = pooled_outcomes(task, files, metas[0], seed=seed, workers=workers, threads=threads)
+        else:
+            task.prepare(metas[0])
+            outcomes = file_outcomes(task, files, seed)
+    return _write_rows(task, outcomes, Path(out), on_batch)
+
+
+def _write_rows(task: AttackTask, outcomes: Iterable[tuple[int, str | None, BatchOutcome | Exception]], out: Path,
+                on_batch: Callable[[int, BatchOutcome], None] | None) -> AttackRun:
     rows: list[Row] = []
+    failed: list[tuple[str, str]] = []
     interrupted = False
-    with _atomic_lines(Path(out)) as fh:
-        for b, (observation, truth, source) in enumerate(batches):
-            outcome = task.attack_batch(observation, truth, batch=b, generator=torch.Generator().manual_seed(seed + b))
+    with _atomic_lines(out) as fh:
+        for b, source, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                logger.info("%s: failed, going on with the other files: %s", source, outcome)
+                failed.append((str(source), str(outcome)))
+                continue
             for row in outcome.rows:
                 row = {**row, "source": source} if source is not None else row
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -169,7 +206,16 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
             if outcome.interrupted:
                 interrupted = True
                 break
-    return AttackRun(rows, interrupted, task.summary(rows) if rows else None)
+        if failed and not rows:     # nothing to keep: an earlier results file stays as it was
+            raise GradientFileError(failure_message(failed))
+    return AttackRun(rows, interrupted, task.summary(rows) if rows else None, failed)
+
+
+def failure_message(failed: Sequence[tuple[str, str]]) -> str:
+    """One line for the files whose attack failed: the error itself for one file; else how many, and the first."""
+    first, why = failed[0]
+    why = why if why.startswith(first) else f"{first}: {why}"
+    return why if len(failed) == 1 else f"{len(failed)} files failed, the other rows are written (first: {why})"
 
 
 def unless_interrupted(run: AttackRun) -> AttackRun:

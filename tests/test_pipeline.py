@@ -80,12 +80,33 @@ def test_an_interrupt_keeps_the_rows_done_and_stops(tmp_path):
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
 
 
+def test_a_failed_file_is_reported_and_the_others_kept(tmp_path):
+    out = tmp_path / "r.jsonl"
+    run = run_attack(ToyTask(fail_at=1), gradients=_files(tmp_path), out=out)
+    assert [r["batch"] for r in run.rows] == [0, 2] and len(out.read_text().splitlines()) == 2
+    assert len(run.failed) == 1 and run.failed[0][0].endswith("batch-001.safetensors")
+    assert run.failed[0][1] == "the attack failed"
+
+
 def test_a_failure_leaves_the_earlier_results_and_no_temporary_file(tmp_path):
     out = tmp_path / "r.jsonl"
     out.write_text("earlier\n")
+    with pytest.raises(GradientFileError, match="batch-000.safetensors: the attack failed"):
+        run_attack(ToyTask(fail_at=0), gradients=_files(tmp_path, ("a",)), out=out)
+    obs = GradientObservation({"w": torch.zeros(2)}, {"task": "toy", "batch_size": 1})
     with pytest.raises(ValueError, match="the attack failed"):
-        run_attack(ToyTask(fail_at=2), gradients=_files(tmp_path), out=out)
+        run_attack(ToyTask(fail_at=1), pairs=[(obs, None), (obs, None)], out=out)
     assert out.read_text() == "earlier\n" and sorted(p.name for p in tmp_path.iterdir()) == ["g", "r.jsonl"]
+
+
+def test_workers_give_the_serial_rows_in_file_order_and_keep_going_past_a_failure(tmp_path):
+    folder = _files(tmp_path, ("a",) * 5)
+    serial = run_attack(ToyTask(fail_at=3), gradients=folder, out=tmp_path / "s.jsonl", seed=7)
+    pooled = run_attack(ToyTask(fail_at=3), gradients=folder, out=tmp_path / "p.jsonl", seed=7, workers=2,
+                        threads=1)
+    assert pooled.rows == serial.rows and len(pooled.rows) == 4
+    assert (tmp_path / "p.jsonl").read_text() == (tmp_path / "s.jsonl").read_text()
+    assert pooled.failed == serial.failed and pooled.failed[0][0].endswith("batch-003.safetensors")
 
 
 def test_in_process_pairs_are_scored_rows_without_a_source(tmp_path):
@@ -94,3 +115,15 @@ def test_in_process_pairs_are_scored_rows_without_a_source(tmp_path):
     assert run.rows[0]["truth"] == "truth-0" and "source" not in run.rows[0]
     with pytest.raises(ValueError, match="one of them"):
         run_attack(ToyTask(), out=tmp_path / "r.jsonl")
+
+
+def test_worker_threads_share_the_cores_out_unless_told(monkeypatch, caplog):
+    from nlp_dlg.workers import cpu_cores, threads_per_worker
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_per_worker(2, None) == max(1, cpu_cores() // 2) and threads_per_worker(1, 3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads_per_worker(4, None) == 1
+    caplog.clear()
+    threads_per_worker(cpu_cores(), 2)
+    assert "thread pools will compete" in caplog.text

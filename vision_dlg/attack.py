@@ -40,7 +40,7 @@ from vision_dlg.config import (
     SCALED_TV,
     ImageAttackConfig,
 )
-from vision_dlg.labels import infer_labels, labels_are_exact
+from vision_dlg.labels import check_batch_claim, infer_labels, labels_are_exact
 from vision_dlg.plugin import ImagePlugin
 from vision_dlg.task import TASK, contrast_sensitivity, victim_mode
 
@@ -139,6 +139,7 @@ class ImageAttack:
         """The engine plugin for this batch: labels read off the gradient (``analytic``), the prior's weight and
         form (probing the gradient's contrast sensitivity where the form is open), boxed pixels or not."""
         labels, exact = None, False
+        check_batch_claim(gradients, self.model, batch_size)
         if self.config.label_method == "analytic":
             labels = infer_labels(gradients, self.model, batch_size)
             exact = labels_are_exact(gradients, self.model, batch_size)

@@ -68,3 +68,35 @@ def infer_labels(gradients: Mapping[str, torch.Tensor], model: nn.Module, batch_
     labels = present.repeat_interleave(counts)
     logger.info("labels from the classifier gradient: %s", labels.tolist())
     return labels
+
+
+def classifier_rank(gradients: Mapping[str, torch.Tensor], model: nn.Module, rtol: float = 1e-6) -> int:
+    """The numerical rank of the classifier's weight gradient ``(1/B) Σ_i (p_i − y_i) h_iᵀ``: at most the number of
+    images B (and K − 1, the rows ``p_i − y_i`` summing to zero). ``rtol`` sits between float32's rounding (singular
+    values ~1e-8 of the largest for a rank-1 gradient) and what LeNet's images of one class leave (~1e-5)."""
+    name, _ = last_linear(model)
+    g = gradients.get(f"{name}.weight")
+    if g is None or g.ndim != 2:
+        return 0
+    s = torch.linalg.svdvals(g.detach().double().cpu())
+    return int((s > rtol * s[0]).sum()) if len(s) and float(s[0]) > 0 else 0
+
+
+def check_batch_claim(gradients: Mapping[str, torch.Tensor], model: nn.Module, batch_size: int) -> bool:
+    """Warn (and return True) when the gradient shows fewer images than the ``batch_size`` a file claims: the
+    classifier's weight gradient has a rank below the claim (and below K − 1) and the bias shows no more classes
+    than that rank.
+
+    A claim larger than the truth cannot be refused: B copies of one image give exactly one image's gradient.
+    Where the features of different images coincide (an eval-mode ResNet at initialisation), the rank is 1 for
+    any batch, but the bias then still shows each class present; so only a rank that also bounds the classes
+    shown is taken as a sign. It usually means a smaller batch, whose extra dummy images are unconstrained."""
+    name, layer = last_linear(model)
+    rank = classifier_rank(gradients, model)
+    shown = int((class_signal(gradients, model) < 0).sum())
+    if 0 < rank < min(batch_size, layer.out_features - 1) and shown <= rank:
+        logger.warning("the gradient shows %d image(s) (its classifier's rank), not the %d its metadata claims: "
+                       "either the batch is smaller (the extra reconstructions are then noise) or its images share "
+                       "a class and look alike", rank, batch_size)
+        return True
+    return False

@@ -1,8 +1,10 @@
 """What both command lines do the same way, on the one pipeline: refuse a folder of mixed weights, run on a chosen
-device, refuse a device that is not there, keep an earlier results file when an attack fails."""
+device, refuse a device that is not there, report a failed file in one line and keep the others' rows (and an
+earlier results file when no file succeeds)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -73,7 +75,8 @@ def test_a_device_that_is_not_there_is_one_line(cli, tmp_path, capsys, tiny_conf
 
 
 @pytest.mark.parametrize("cli", ["nlp-dlg", "vision-dlg"])
-def test_a_failed_attack_leaves_an_earlier_results_file_as_it_was(cli, tmp_path, capsys, tiny_config_file):
+def test_a_failed_file_is_one_line_the_others_are_kept_and_a_run_with_none_keeps_the_earlier_file(
+        cli, tmp_path, capsys, tiny_config_file):
     from nlp_dlg.engine import load_observation, save_observation
 
     assert _run(capsys, cli, "capture", *_victim(cli, tiny_config_file), "--out", str(tmp_path / "g"))[0] == 0
@@ -82,11 +85,16 @@ def test_a_failed_attack_leaves_an_earlier_results_file_as_it_was(cli, tmp_path,
     next(iter(bad.values())).view(-1)[0] = float("nan")
     save_observation(type(obs)(bad, obs.metadata), tmp_path / "g" / "batch-001.safetensors")
     out = tmp_path / "r.jsonl"
-    out.write_text("an earlier run's results\n")
-    code, err = _run(capsys, cli, "attack", "--gradients", str(tmp_path / "g"), "--steps", "1", "--out", str(out),
-                     *(["--save-images", str(tmp_path / "img")] if cli == "vision-dlg" else []))
-    _one_line(code, err, "NaN/Inf")
-    assert out.read_text() == "an earlier run's results\n"
+    images = ["--save-images", str(tmp_path / "img")] if cli == "vision-dlg" else []
+    for gradients, rows in ((tmp_path / "g" / "batch-001.safetensors", 0), (tmp_path / "g", 1)):
+        out.write_text("an earlier run's results\n")
+        code, err = _run(capsys, cli, "attack", "--gradients", str(gradients), "--steps", "1", "--out", str(out),
+                         *images)
+        _one_line(code, err, "batch-001.safetensors: ")
+        assert "NaN/Inf" in err
+        lines = out.read_text().splitlines()
+        assert lines == ["an earlier run's results"] if rows == 0 else [json.loads(x)["source"] for x in lines] == [
+            str(tmp_path / "g" / "batch-000.safetensors")]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".r.jsonl")] == []
 
 

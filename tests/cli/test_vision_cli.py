@@ -105,3 +105,21 @@ def test_cli_refuses_a_file_for_another_model_and_nan(tmp_path, capsys):
     code, err = _vision_main(capsys, "attack", "--gradients", str(tmp_path / "nan.safetensors"), "--out",
                              str(tmp_path / "r"))
     assert code == 2 and "NaN" in err and len(err.strip().splitlines()) == 1
+
+
+def test_workers_give_the_rows_of_one_process(tmp_path, capsys):
+    grads = tmp_path / "g"
+    assert _vision_main(capsys, "capture", "--dataset", "skimage", "--index", "0", "1", "2", "--num-classes", "10",
+                        "--image-size", "16", "--out", str(grads))[0] == 0
+    runs = {}
+    for name, options in {"serial": [], "pooled": ["--workers", "2"]}.items():
+        code, err = _vision_main(capsys, "attack", "--gradients", str(grads), "--out", str(tmp_path / f"{name}.jsonl"),
+                                 "--steps", "3", "--threads", "1", "--save-images", str(tmp_path / name), *options)
+        assert code == 0, err
+        runs[name] = [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "image", "progress_grid")}
+                      for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert runs["pooled"] == runs["serial"] and len(runs["serial"]) == 3
+    assert (tmp_path / "pooled" / "batch-002-0.png").is_file()
+    code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "0", "--workers", "2", "--out",
+                             str(tmp_path / "r.jsonl"))
+    assert code == 2 and "--workers attacks --gradients files" in err

@@ -234,3 +234,17 @@ def test_model_from_metadata_refuses_other_weights():
     assert isinstance(model_from_metadata(meta)[0], LeNet)
     with pytest.raises(ModelMismatchError, match="checksum"):
         model_from_metadata({**meta, "seed": 2})
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet20"])
+def test_a_batch_claim_larger_than_the_gradient_shows_is_warned(name, caplog):
+    from vision_dlg import VisionModelSpec, build_model, capture_images, model_metadata, skimage_photo
+    from vision_dlg.labels import check_batch_claim
+
+    spec = VisionModelSpec(name=name, num_classes=10)
+    model = build_model(spec).eval()
+    images = torch.stack([skimage_photo(n) for n in ["coffee", "astronaut", "chelsea", "rocket"]])
+    [(one, _)] = capture_images(model, images[:1], [3], model_info=model_metadata(model, spec))
+    [(four, _)] = capture_images(model, images, [1, 2, 3, 4], model_info=model_metadata(model, spec), batch_size=4)
+    assert check_batch_claim(one.gradients, model, 4) and "not the 4 its metadata claims" in caplog.text
+    assert not check_batch_claim(one.gradients, model, 1) and not check_batch_claim(four.gradients, model, 4)

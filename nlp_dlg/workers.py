@@ -1,0 +1,99 @@
+"""Attack many gradient files at once: each file in its own worker process (``--workers N``), with the same
+results as one process attacking them in order.
+
+Every worker receives the task (its options; no model yet), builds the model from the first file's metadata
+once, and sets its torch thread count; then it attacks the files it is handed, batch ``b`` with a CPU generator
+seeded ``seed + b`` exactly as :func:`nlp_dlg.pipeline.run_attack` does alone. Results come back in file order
+(a finished later file waits for the earlier ones), so the JSON lines are the serial run's. A file whose attack
+fails is reported and the rest are kept. The pool is the standard library's ``ProcessPoolExecutor`` with
+``spawn`` workers (a forked torch can hang on its thread pool).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from nlp_dlg.engine.errors import ConfigError, NlpDlgError
+
+logger = logging.getLogger(__name__)
+
+_WORKER: dict[str, Any] = {}
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, threads: int | None) -> int:
+    """Torch threads of each of ``workers`` processes: ``threads`` when given, else ``OMP_NUM_THREADS``, else the
+    cores shared out (at least 1), so that workers x threads <= cores. A product above the cores is allowed (the
+    user asked) but logged: on a shared CPU each spinning thread pool slows all of them."""
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    chosen = threads or _env_threads() or max(1, cpu_cores() // workers)
+    if workers * chosen > cpu_cores():
+        logger.warning("%d workers x %d threads = %d threads on %d cores: the thread pools will compete; pass "
+                       "--threads %d or fewer --workers", workers, chosen, workers * chosen, cpu_cores(),
+                       max(1, cpu_cores() // workers))
+    return chosen
+
+
+def _env_threads() -> int | None:
+    text = os.environ.get("OMP_NUM_THREADS", "")
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _start_worker(task: Any, metadata: Mapping[str, Any], threads: int, level: int) -> None:
+    import torch
+
+    logging.basicConfig(level=level, format="%(asctime)s [worker %(process)d] %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(threads)
+    _WORKER.update(task=task, metadata=metadata, prepared=False)
+
+
+def _attack_file(path: str, batch: int, seed: int) -> Any:
+    import torch
+
+    from nlp_dlg.engine.observation import load_observation
+
+    task = _WORKER["task"]
+    if not _WORKER["prepared"]:     # here, not in the initializer: its error then comes back with the file
+        task.prepare(_WORKER["metadata"])
+        _WORKER["prepared"] = True
+    return task.attack_batch(load_observation(Path(path)), None, batch=batch,
+                             generator=torch.Generator().manual_seed(seed + batch))
+
+
+def pooled_outcomes(task: Any, files: Sequence[Path], metadata: Mapping[str, Any], *, seed: int, workers: int,
+                    threads: int | None) -> Iterator[tuple[int, str, Any]]:
+    """``(batch, source, outcome)`` per file in file order, attacked by ``workers`` processes; ``outcome`` is the
+    task's :class:`~nlp_dlg.pipeline.BatchOutcome`, or the library error that stopped that file's attack."""
+    per_worker = threads_per_worker(workers, threads)
+    logger.info("attacking %d file(s) in %d worker processes, %d torch thread(s) each", len(files), workers,
+                per_worker)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(files)), mp_context=get_context("spawn"),
+                               initializer=_start_worker,
+                               initargs=(task, dict(metadata), per_worker, logging.getLogger().level))
+    try:
+        futures = [pool.submit(_attack_file, str(path), b, seed) for b, path in enumerate(files)]
+        for b, (path, future) in enumerate(zip(files, futures)):
+            yield b, str(path), _result(future)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(future: Future) -> Any:
+    try:
+        return future.result()
+    except (NlpDlgError, ValueError, OSError) as exc:
+        return exc
