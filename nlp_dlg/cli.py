@@ -79,6 +79,10 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--weights", type=Path, default=None, metavar="FILE",
                    help="with --gradients: weights the gradient was computed on, loaded over the model (e.g. a "
                         "Flower round's weights/global-round-RRR.safetensors)")
+    a.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="per batch, a PNG of gradient distance and token accuracy against gradient evaluations and "
+                        "an HTML page of the decoded text per logged step, tokens coloured by whether they match "
+                        "(DIR/index.html links them)")
     add_run_options(a, ATTACK.log_every)
 
 
@@ -161,7 +165,7 @@ def _task(args: argparse.Namespace, *, device: Any) -> Any:
                               matching=matching_config(args, ATTACK.matching), log_every=args.log_every,
                               patience=args.patience, peel=not args.no_peel)
     return MaskedLMTask(config, name_or_path=args.model, tokenizer_name=args.tokenizer, verify=not args.no_verify,
-                        weights=args.weights, device=device)
+                        weights=args.weights, device=device, report_dir=args.report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
@@ -169,12 +170,13 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
     if (gradients is None) == (pairs is None):
         raise ConfigError("run_attack: pass gradient files (gradients=...) or captured pairs (pairs=...), one of them")
     if pairs is not None:
+        total = len(pairs) if isinstance(pairs, Sequence) else None
         outcomes = pair_outcomes(task, pairs, seed)
     else:
         from nlp_dlg.engine.observation import find_gradient_files
 
         files = find_gradient_files(gradients)  # type: ignore[arg-type]
-        metas = check_files(files, task)
+        metas, total = check_files(files, task), len(files)
         if workers > 1 and len(files) > 1:
             from nlp_dlg.workers import pooled_outcomes
 
@@ -182,7 +184,22 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
         else:
             task.prepare(metas[0])
             outcomes = file_outcomes(task, files, seed)
-    return _write_rows(task, outcomes, Path(out), on_batch)
+    with progress_bar(total, "batch") as bar:
+        return _write_rows(task, bar(outcomes), Path(out), on_batch)
+
+
+@contextmanager
+def progress_bar(total: int | None, unit: str) -> Iterator[Callable[[Iterable[Any]], Iterable[Any]]]:
+    """A wrapper that shows a progress bar with an ETA (tqdm, on stderr) over an iterable of more than one item,
+    with the log lines printed above it; none when progress is not logged (``--quiet``) or for a single item."""
+    if total is not None and total <= 1 or not logging.getLogger("nlp_dlg").isEnabledFor(logging.INFO):
+        yield lambda items: items
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm():
+        yield lambda items: tqdm(items, total=total, unit=unit, dynamic_ncols=True, mininterval=1.0)
 
 
 def _write_rows(task: AttackTask, outcomes: Iterable[tuple[int, str | None, BatchOutcome | Exception]], out: Path,

@@ -127,3 +127,16 @@ def test_worker_threads_share_the_cores_out_unless_told(monkeypatch, caplog):
     caplog.clear()
     threads_per_worker(cpu_cores(), 2)
     assert "thread pools will compete" in caplog.text
+
+
+def test_a_progress_bar_with_an_eta_runs_over_the_files_unless_quiet(tmp_path, capsys, caplog):
+    import logging
+
+    folder = _files(tmp_path)
+    caplog.set_level(logging.INFO, logger="nlp_dlg")
+    run_attack(ToyTask(), gradients=folder, out=tmp_path / "r.jsonl")
+    err = capsys.readouterr().err
+    assert "3/3" in err and ("batch/s" in err or "s/batch" in err)
+    caplog.set_level(logging.WARNING, logger="nlp_dlg")
+    run_attack(ToyTask(), gradients=folder, out=tmp_path / "r.jsonl")
+    assert "3/3" not in capsys.readouterr().err

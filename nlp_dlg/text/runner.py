@@ -4,6 +4,7 @@ truth when it is known, and summarise."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from nlp_dlg.text.model import (
     load_tokenizer,
     model_from_metadata,
 )
+from nlp_dlg.text.report import Trace, write_batch_report
 from nlp_dlg.text.task import TASK, decode_text
 from nlp_dlg.text.victim import VictimBatch
 
@@ -47,6 +49,8 @@ class MaskedLMTask(PlacedModel):
         echo: where progress lines go (default: this module's logger at INFO).
         on_step: also called with ``(batch, step)`` at every logged step (e.g. to keep the text at given steps);
             returning True stops the attack there (e.g. a harness that knows the truth).
+        report_dir: where a plot and a page of the decoded text per logged step go, per batch
+            (:mod:`nlp_dlg.text.report`); None: no report.
 
     Example:
         >>> from nlp_dlg.pipeline import run_attack  # doctest: +SKIP
@@ -60,9 +64,12 @@ class MaskedLMTask(PlacedModel):
                  tokenizer: PreTrainedTokenizerBase | None = None, name_or_path: str | None = None,
                  tokenizer_name: str | None = None, verify: bool = True, weights: str | Path | None = None,
                  device: torch.device | str | None = None, echo: Callable[[str], Any] | None = None,
-                 on_step: Callable[[int, TextStep], bool | None] | None = None) -> None:
+                 on_step: Callable[[int, TextStep], bool | None] | None = None,
+                 report_dir: str | Path | None = None) -> None:
         self.config = config or TextAttackConfig()
-        self.on_step = on_step
+        self.on_step, self.report_dir = on_step, report_dir
+        if report_dir is not None and importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError("--report draws its plots with matplotlib: pip install 'nlp-dlg[report]'")
         self.model, self.tokenizer = model, tokenizer
         self.name_or_path, self.tokenizer_name = name_or_path, tokenizer_name
         self.verify, self.weights, self.device = verify, weights, device
@@ -104,9 +111,14 @@ class MaskedLMTask(PlacedModel):
                      generator: torch.Generator) -> BatchOutcome:
         if self.model is None or self.tokenizer is None:
             self.prepare(observation.metadata)
+        trace = Trace()
         attack = MaskedLMAttack(self.model, self.tokenizer, self.config,
-                                callbacks=[self._progress(batch)])
+                                callbacks=[self._progress(batch, trace)])
         recs = attack.attack(observation, generator=generator, batch=batch)
+        if self.report_dir is not None:
+            trace.add("final", recs[0].evaluations, recs[0].distance, [r.token_ids for r in recs])
+            write_batch_report(self.report_dir, batch, trace, self.tokenizer,
+                               truth.input_ids.tolist() if truth is not None else None)
         rows = [r.to_json() for r in recs]
         if truth is not None:
             refs = [decode_text(self.tokenizer, ids.tolist()) for ids in truth.input_ids]
@@ -117,11 +129,13 @@ class MaskedLMTask(PlacedModel):
             self.echo(f"batch {batch} [{row['index']}] -> {row['reconstruction']}")
         return BatchOutcome(rows, any(r.interrupted for r in recs))
 
-    def _progress(self, batch: int) -> Callable[[TextStep], bool]:
+    def _progress(self, batch: int, trace: Trace) -> Callable[[TextStep], bool]:
         steps = self.config.matching.steps
 
         def report(step: TextStep) -> bool:
             r = step.record
+            trace.add(f"{r.restart}:{r.step}" if r.restart else str(r.step), r.evaluations, r.distance,
+                      step.token_ids.tolist())
             lines = "\n".join(f"  [{i}] {t}" for i, t in enumerate(step.texts))
             self.echo(f"batch {batch} restart {r.restart} step {r.step}/{steps} evals {r.evaluations} "
                       f"dist {r.distance:.4g} best {r.best_distance:.4g} {r.elapsed:.1f}s\n{lines}")

@@ -49,10 +49,16 @@ def test_attack_with_text_scores_and_prints_a_summary(tiny_config_file, tmp_path
     out = tmp_path / "r.jsonl"
     code = main(["attack", "--method", "dlg", "--text", SENTENCE, "--model-config", str(tiny_config_file),
                  "--mlm-probability", "1.0", "--mask-seed", "0", "--steps", "60", "--log-every", "10",
-                 "--out", str(out)])
+                 "--out", str(out), "--report", str(tmp_path / "report")])
     assert code == 0
     row = json.loads(out.read_text())
     assert row["token_accuracy"] == 1.0 and row["exact_match"] and row["rouge1"] == 1.0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "report" / "batch-000.png").size[0] > 300
+    page = (tmp_path / "report" / "batch-000.html").read_text()
+    assert page.count("<tr>") == 1 + 7 + 1 and "private text" in page and '<span class="hit">fox</span>' in page
+    assert "batch-000.html" in (tmp_path / "report" / "index.html").read_text()
     assert row["reference"] == "the quick brown fox jumps over the lazy dog."
     printed = capsys.readouterr().out
     assert "mean" in printed and "tokacc" in printed

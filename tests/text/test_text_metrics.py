@@ -52,3 +52,22 @@ def test_read_sentences_errors(tmp_path):
     (tmp_path / "s.csv").write_text("a\nx\n")
     with pytest.raises(InputDataError, match="no column 'text2'"):
         read_sentences(tmp_path / "s.csv", column="text2")
+
+
+def test_the_report_colours_tokens_against_the_final_text_when_the_truth_is_unknown(tokenizer, tmp_path):
+    from nlp_dlg.text.report import Trace, references, write_batch_report
+
+    ids = tokenizer(["the quick brown fox", "a lazy dog"], padding=True)["input_ids"]
+    wrong = [[ids[0][0], ids[1][2], *ids[0][2:]], ids[1]]
+    trace = Trace()
+    trace.add("0", 1, 0.5, wrong)
+    trace.add("final", 40, 1e-9, ids)
+    refs, measure = references(ids, None, set(tokenizer.all_special_ids))
+    assert refs == ids and measure.startswith("agreement")
+    png, page = write_batch_report(tmp_path, 3, trace, tokenizer)
+    text = page.read_text()
+    assert png.name == "batch-003.png" and png.stat().st_size > 1000
+    assert '<span class="miss">lazy</span>' in text and '<span class="hit">quick</span>' in text
+    assert "final reconstruction" in text and "batch-003.html" in (tmp_path / "index.html").read_text()
+    _, page = write_batch_report(tmp_path, 3, trace, tokenizer, truth=[ids[1], ids[0]])  # paired, in any order
+    assert "1.000</td>" in page.read_text().split("final")[1]
