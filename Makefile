@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo vision-demo test install lint bench clean
+.PHONY: demo vision-demo test install lint bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,5 +32,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_eval_time.py
 	$(PY) benchmarks/bench_recovery.py
 
+docs: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[docs]'
+	$(PY) scripts/make_docs.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache site

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from nlp_dlg.results import append_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -91,8 +93,7 @@ def main() -> None:
         row.update(text_run(args.text))
     if args.vision:
         row.update(vision_run(args.vision, args.first_face))
-    with args.out.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    append_result(args.out, row)
     print(json.dumps(row), flush=True)
 
 

@@ -13,9 +13,9 @@ train-mode ResNet), so the attack's default prior scales the distance there (`CO
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from nlp_dlg.results import append_result
 from vision_dlg import VisionModelSpec, build_model
 from vision_dlg.attack import CONTRAST_BLIND
 from vision_dlg.task import contrast_sensitivity
@@ -32,19 +32,18 @@ def main() -> None:
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(f"{'model':>9} {'size':>4} {'mode':>5} {'batch':>5} {'ratio':>9}  blind (< {CONTRAST_BLIND:g})")
-    with args.out.open("a") as fh:
-        for name in args.models:
-            for size in args.sizes:
-                spec = VisionModelSpec(name, num_classes=100, image_size=size)
-                model = build_model(spec)
-                for mode in ("train", "eval"):
-                    for bs in args.batch_sizes:
-                        ratio = contrast_sensitivity(model, (spec.channels, size, size), bs, spec.num_classes,
-                                                     train_mode=mode == "train")
-                        row = {"model": name, "image_size": size, "mode": mode, "batch_size": bs,
-                               "contrast_sensitivity": float(f"{ratio:.3g}"), "blind": ratio < CONTRAST_BLIND}
-                        fh.write(json.dumps(row) + "\n")
-                        print(f"{name:>9} {size:>4} {mode:>5} {bs:>5} {ratio:>9.2e}  {row['blind']}", flush=True)
+    for name in args.models:
+        for size in args.sizes:
+            spec = VisionModelSpec(name, num_classes=100, image_size=size)
+            model = build_model(spec)
+            for mode in ("train", "eval"):
+                for bs in args.batch_sizes:
+                    ratio = contrast_sensitivity(model, (spec.channels, size, size), bs, spec.num_classes,
+                                                 train_mode=mode == "train")
+                    row = {"model": name, "image_size": size, "mode": mode, "batch_size": bs,
+                           "contrast_sensitivity": float(f"{ratio:.3g}"), "blind": ratio < CONTRAST_BLIND}
+                    append_result(args.out, row)
+                    print(f"{name:>9} {size:>4} {mode:>5} {bs:>5} {ratio:>9.2e}  {row['blind']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from nlp_dlg.results import append_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -104,8 +106,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.devices:
         row = {"date": time.strftime("%Y-%m-%d"), **measure(resolve_device(name), sentences, args.repeats)}
-        with args.out.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_result(args.out, row)
         print(json.dumps(row), flush=True)
 
 

@@ -23,6 +23,7 @@ import torch
 
 from nlp_dlg.engine import MatchingConfig
 from nlp_dlg.pipeline import run_attack, unless_interrupted
+from nlp_dlg.results import append_result
 from nlp_dlg.text import (
     CaptureConfig,
     MaskedLMTask,
@@ -71,8 +72,7 @@ def main() -> None:
                "certified": sum(r["certified"] for r in rows), "seconds_per_sentence": round(m["seconds"], 1),
                "rows": [{k2: r[k2] for k2 in ("token_accuracy", "certified", "reconstruction")} for r in rows]}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_result(args.out, row)
         print(json.dumps({k2: v for k2, v in row.items() if k2 != "rows"}), flush=True)
 
 

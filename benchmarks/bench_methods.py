@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nlp_dlg.results import append_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -106,8 +108,7 @@ def main() -> None:
                                           check=True, stdout=subprocess.PIPE, text=True)
                     row = {"model": model, "batch_size": bs, "method": method, "max_evals": args.max_evals,
                            **json.loads(done.stdout.strip().splitlines()[-1])}
-                    with args.out.open("a") as out:
-                        out.write(json.dumps(row) + "\n")
+                    append_result(args.out, row)
                     print(f"{model:6} B={bs:<2} {method:5} tokacc {row['token_accuracy']:.3f} "
                           f"R1 {row['rouge1']:.3f} R2 {row['rouge2']:.3f} exact {row['exact_match']:.2f} "
                           f"{row['seconds_per_batch']}s/batch peak {row['peak_rss_gib']} GiB", flush=True)

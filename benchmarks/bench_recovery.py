@@ -26,6 +26,7 @@ import torch
 
 from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
 from nlp_dlg.pipeline import run_attack, unless_interrupted
+from nlp_dlg.results import append_result
 from nlp_dlg.text import MaskedLMTask, TextAttackConfig, load_tokenizer, token_accuracy
 
 HERE = Path(__file__).resolve().parent
@@ -77,8 +78,7 @@ def attack_all(args: argparse.Namespace, files: list[Path], sentences: list[str]
                "seconds": round(rec["seconds"], 1),
                "seconds_per_evaluation": round(rec["seconds"] / rec["gradient_evaluations"], 3),
                **reached.get(i, {}), "curve": curves.get(i, [])}
-        with out.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_result(out, row)
         print(f"[{i}] acc={row['final_token_accuracy']:.3f} evals>=0.9: {row.get('evals_to_0.9')} "
               f"evals=1.0: {row.get('evals_to_1.0')} {row['seconds']}s  {rec['reconstruction']}", flush=True)
 

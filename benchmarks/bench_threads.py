@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from bench_eval_time import _median_seconds  # a warm-up, then the median (this folder is on sys.path)
 
+from nlp_dlg.results import append_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -77,8 +79,7 @@ def main() -> None:
                     row = {"date": time.strftime("%Y-%m-%d"), "model": model, "threads": threads, "busy": busy,
                            "cores": os.cpu_count(), "seconds_per_evaluation": round(_median_seconds(run, args.repeats),
                                                                                      4)}
-                    with args.out.open("a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                    append_result(args.out, row)
                     print(json.dumps(row), flush=True)
         finally:
             for spinner in spinners:

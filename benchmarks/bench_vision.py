@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from nlp_dlg.results import append_result
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -94,8 +96,7 @@ def main() -> None:
                    "seconds_per_batch": round(sum(seconds) / len(seconds), 1),
                    "seconds_per_image": round(sum(seconds) / n, 1), "torch_threads": torch.get_num_threads(),
                    "rows": rows}
-        with args.out.open("a") as fh:
-            fh.write(json.dumps(summary) + "\n")
+        append_result(args.out, summary)
         print(json.dumps({k: v for k, v in summary.items() if k != "rows"}), flush=True)
 
 

@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nlp_dlg.results import append_result
+
 HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "vision_dlg.cli", "-q"]
 
@@ -62,8 +64,7 @@ def main() -> None:
                    "files_per_minute": round(60 * args.files / seconds, 2), "same_rows": rows == reference,
                    "command": " ".join(["benchmarks/bench_workers.py", *sys.argv[1:]])}
             print(json.dumps(row))
-            with args.out.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_result(args.out, row)
     finally:
         for spinner in spinners:
             spinner.kill()

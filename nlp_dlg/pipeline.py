@@ -5,8 +5,9 @@ load the model a gradient file names, attack one observation (decode it, and sco
 and summarise scored rows. :func:`run_attack` drives any task: it reads the header of every gradient file first
 and refuses, in one line and before anything is built, metadata that does not fit the schema or the tensors
 stored, and a folder whose files name different tasks or different weights; then it attacks each batch, streams
-one JSON line per reconstructed item to a temporary file that replaces ``out`` only once the run ends (a failed
-run leaves an earlier results file as it was), and returns the rows and the summary. Both CLIs, the benchmarks
+one JSON line per reconstructed item to a temporary file that replaces ``out`` once the run ends (a file whose
+attack fails is reported and the others kept; a run with no row leaves an earlier results file as it was), and
+returns the rows, the failures and the summary. Both CLIs, the benchmarks
 and the scripts call it. Nothing here knows text or images.
 """
 

@@ -34,7 +34,8 @@ class MatchingConfig:
             ``step mod B`` (the paper's schedule for batches), each sample with its own optimizer.
             Identical for ``B = 1``. ``joint`` is the default: on the engine's test MLP it recovers a
             batch of two exactly where ``per-sample`` with L-BFGS stalls (tests/engine/test_matcher.py).
-        lbfgs_max_iter, lbfgs_history: L-BFGS's ``max_iter`` and ``history_size``.
+        lbfgs_max_iter: L-BFGS's ``max_iter`` (gradient evaluations per step).
+        lbfgs_history: L-BFGS's ``history_size``.
         tolerance: stop a restart once the distance is at or below this value.
         max_recoveries: non-finite losses survived per restart (each restarts from the best point).
         prior: how a plugin's ``regularizer`` enters the objective: ``add`` (``d + r``) or ``scale``

@@ -37,8 +37,9 @@ class MaskedLMTask(PlacedModel):
 
     Args:
         config: the attack's options.
-        model, tokenizer: the model and tokenizer to attack with (the in-process victim's); None: built or loaded
-            from the first gradient file's metadata by :meth:`prepare`.
+        model: the model to attack with (the in-process victim's); None: built or loaded from the first gradient
+            file's metadata by :meth:`prepare`.
+        tokenizer: its tokenizer, likewise.
         name_or_path: where to load pretrained weights from; required when a file names a pretrained checkpoint
             (a path or hub name in a file is never followed).
         tokenizer_name: the tokenizer; default: ``name_or_path`` where it holds one, else the offline
