@@ -150,17 +150,6 @@ def test_tied_embedding_weight_is_not_matched(capture, tiny_model, tokenizer):
     assert "bert.embeddings.position_embeddings.weight" in names and "cls.predictions.bias" in names
 
 
-def test_dlg_recovers_a_short_sentence_on_a_tiny_bert(capture, tiny_model, tokenizer):
-    obs, truth = capture([SENTENCE], mlm_probability=1.0)[0]
-    matching = MatchingConfig(distance="cosine", steps=60, max_evaluations=600)
-    config = TextAttackConfig(method="dlg", matching=matching)
-    rec = MaskedLMAttack(tiny_model, tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
-    special = set(tokenizer.all_special_ids)
-    assert token_accuracy(list(rec.token_ids), truth.input_ids[0].tolist(), ignore=special) == 1.0
-    assert rec.reconstruction == "the quick brown fox jumps over the lazy dog."
-    assert rec.evaluations <= 600
-
-
 def test_text_callbacks_see_decoded_text_and_patience_stops(capture, tiny_model, tokenizer):
     obs, _ = capture([SENTENCE], mlm_probability=1.0)[0]
     steps = []
