@@ -14,7 +14,6 @@ from nlp_dlg.text import (
     infer_priors,
     mask_tokens,
     model_from_metadata,
-    token_accuracy,
 )
 
 
