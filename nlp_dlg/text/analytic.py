@@ -35,12 +35,11 @@ from scipy.optimize import linear_sum_assignment
 from transformers import BertForMaskedLM
 
 from nlp_dlg.engine.device import randint, randn
-from nlp_dlg.engine.errors import GradientMismatchError
+from nlp_dlg.engine.span import Span, SpanUnavailable, input_span
 from nlp_dlg.text.priors import MaskedLMPriors, parameter_name
 
 logger = logging.getLogger(__name__)
 
-MIN_SPAN_GAP = 10.0       # a span's smallest kept singular value stands this factor above the next one
 RESIDUAL_MAX = 1e-3       # relative distance to a span below which a vector counts as inside it
 CERTIFY_MAX = 1e-4        # mean second-layer residual of a certified sentence
 PAIR_GAP = 1.5            # residual jump that separates a batch's (token, position) pairs from the rest
@@ -51,28 +50,6 @@ RELAX_STEPS = 200         # Adam steps of one relaxed start
 RELAX_FINAL_TEMPERATURE = 0.05
 LABEL_RESIDUAL = 1e-2     # a known position is labelled when its final hidden state is this near the head's row space
 AVOID_WEIGHT = 2e-3       # penalty on a found sentence's tokens (the residual² of a mixture is ~4e-4)
-
-
-class SpanUnavailable(GradientMismatchError):
-    """The span check cannot work on this gradient (missing, full rank, or noise fills the rank)."""
-
-
-@dataclass(frozen=True)
-class Span:
-    """An orthonormal basis of the inputs of one attention layer, read off its weight gradients."""
-
-    basis: torch.Tensor            # (H, r) float64, orthonormal columns
-    singular_values: torch.Tensor  # all singular values, descending, relative to the largest
-
-    @property
-    def rank(self) -> int:
-        return self.basis.shape[1]
-
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``‖x − P x‖ / ‖x‖`` per row of ``x (…, H)``: 0 inside the span, ~1 far from it."""
-        x = x.to(self.basis.device).double()
-        inside = (x @ self.basis) @ self.basis.T
-        return (x - inside).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-30)
 
 
 def attention_input_span(gradients: Mapping[str, torch.Tensor], model: BertForMaskedLM, layer: int,
@@ -91,23 +68,7 @@ def attention_input_span(gradients: Mapping[str, torch.Tensor], model: BertForMa
     missing = [n for n in names if n not in gradients]
     if missing:
         raise SpanUnavailable(f"the gradient lacks {', '.join(missing)}: no span check")
-    stacked = torch.cat([gradients[n] for n in names]).double()                     # (3H, H)
-    _, s, vh = torch.linalg.svd(stacked, full_matrices=False)
-    hidden = stacked.shape[1]
-    if not bool(torch.isfinite(s).all()) or float(s[0]) == 0.0:
-        raise SpanUnavailable(f"layer {layer}: the attention gradient is zero or not finite")
-    rel = s / s[0]
-    if rank is not None:
-        return Span(vh[:min(rank, hidden - 1)].T.contiguous(), rel)
-    top = min(max_rank, hidden - 1)
-    ratios = rel[:top] / rel[1:top + 1].clamp_min(1e-300)                           # ratios[i] = σ_i / σ_(i+1)
-    rank = int(ratios.argmax()) + 1
-    if float(ratios[rank - 1]) < MIN_SPAN_GAP:
-        raise SpanUnavailable(f"layer {layer}: no gap in the singular values of the attention gradient "
-                              f"(largest {float(ratios.max()):.3g}x at {rank}): noise fills the rank or the "
-                              f"batch holds more tokens ({max_rank}) than the hidden size ({hidden})")
-    logger.debug("layer %d span: rank %d, gap %.3g", layer, rank, float(ratios[rank - 1]))
-    return Span(vh[:rank].T.contiguous(), rel)
+    return input_span([gradients[n] for n in names], max_rank=max_rank, rank=rank, what=f"layer {layer}")
 
 
 def embedding_output(model: BertForMaskedLM, word: torch.Tensor, positions: int | torch.Tensor) -> torch.Tensor:
