@@ -1,7 +1,8 @@
-"""``nlp-dlg``: capture masked-LM gradients (victim) and reconstruct sentences from them (attacker).
+"""``nlp-dlg``: capture language-model gradients (victim) and reconstruct sentences from them (attacker).
 
-    nlp-dlg capture --text "a private sentence ." --out grads/
-    nlp-dlg attack --gradients grads/ --out results.jsonl
+    nlp-dlg capture --text "a private sentence ." --out grads/                       # BERT masked-LM
+    nlp-dlg capture --task causal-lm --architecture gpt2 --text "a private sentence ." --out grads/
+    nlp-dlg attack --gradients grads/ --out results.jsonl                             # the task is the file's
     nlp-dlg attack --text "a private sentence ." --out results.jsonl   # both sides, with scores
 """
 
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nlp_dlg.causal.config import CausalAttackConfig
 from nlp_dlg.cliutil import (
     add_matching_options,
     add_run_options,
@@ -27,8 +29,10 @@ from nlp_dlg.cliutil import (
 )
 from nlp_dlg.text.config import METHODS, CaptureConfig, TextAttackConfig
 
-CAPTURE, ATTACK = CaptureConfig(), TextAttackConfig()
+CAPTURE, ATTACK, CAUSAL = CaptureConfig(), TextAttackConfig(), CausalAttackConfig()
 DATA_OPTIONS = ("--text", "--input")
+TASKS = ("masked-lm", "causal-lm")
+ARCHITECTURES = ("gpt2", "llama")     # nlp_dlg.causal.model.ARCHITECTURES (that module imports transformers)
 
 
 def _add_victim_options(p: argparse.ArgumentParser) -> None:
@@ -37,6 +41,10 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
     src.add_argument("--input", type=Path, metavar="FILE",
                      help="sentences: .txt (one per line), or .csv/.json/.jsonl/.parquet with --column")
     src.add_argument("--column", help="text column of a table input (default: 'text' or the only string column)")
+    src.add_argument("--task", choices=TASKS, default="masked-lm",
+                     help="the loss the client trains: masked-lm (BERT's masking) or causal-lm (next-token, a "
+                          "decoder; padding ignored); recorded in the file, which the attacker reads "
+                          "(default: masked-lm)")
     add_victim_options(src)
     src.add_argument("--mlm-probability", type=probability, default=CAPTURE.mlm_probability,
                      help=f"fraction of tokens selected for masked-LM, 80/10/10 masking "
@@ -52,10 +60,14 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help=f"FedAvg local steps (default: {CAPTURE.local_steps})")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", metavar="NAME_OR_PATH",
-                     help="pretrained BERT checkpoint dir or hub name (default: bert-base-uncased architecture, "
-                          "random init from --seed, as in the paper)")
+                     help="pretrained checkpoint dir or hub name (default: masked-lm: bert-base-uncased architecture, "
+                          "random init from --seed, as in the paper; causal-lm: --architecture, random init)")
+    mod.add_argument("--architecture", choices=ARCHITECTURES, default="gpt2",
+                     help="causal-lm, random init: the decoder family at its standard size (gpt2: GPT-2 small, 12 "
+                          "layers x 768; llama: a small LLaMA, 8 layers x 512), with the shipped 8,192-token BPE "
+                          "(default: gpt2)")
     mod.add_argument("--model-config", type=Path, metavar="JSON",
-                     help="BERT config overrides for a random-init model (e.g. a smaller model)")
+                     help="config overrides for a random-init model (e.g. a smaller model)")
     mod.add_argument("--tokenizer", metavar="NAME_OR_PATH",
                      help="tokenizer (default: the model dir's, else the offline bert-base-uncased vocab)")
 
@@ -106,22 +118,53 @@ def _sentences(args: argparse.Namespace) -> list[str]:
     raise InputDataError("no private data: pass --text S (repeatable) or --input FILE")
 
 
-def _model_spec(args: argparse.Namespace) -> Any:
+def _overrides(args: argparse.Namespace) -> dict[str, Any] | None:
     from nlp_dlg.engine.errors import InputDataError
+
+    if args.model_config is None:
+        return None
+    try:
+        return json.loads(Path(args.model_config).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputDataError(f"--model-config {args.model_config}: {exc}") from exc
+
+
+def _model_spec(args: argparse.Namespace) -> Any:
     from nlp_dlg.text.model import ModelSpec
 
-    overrides = None
-    if args.model_config is not None:
-        try:
-            overrides = json.loads(Path(args.model_config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputDataError(f"--model-config {args.model_config}: {exc}") from exc
-    return ModelSpec(name_or_path=args.model, seed=args.seed, config=overrides)
+    return ModelSpec(name_or_path=args.model, seed=args.seed, config=_overrides(args))
+
+
+def _causal_victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
+    """The causal-LM client: the decoder, the shipped BPE (or the model's tokenizer), one gradient per batch."""
+    from nlp_dlg.engine.errors import ConfigError
+
+    for flag, given in (("--defense", args.defense), ("--world-size", args.world_size > 1),
+                        ("--local-lr", args.local_lr), ("--mask-seed", args.mask_seed is not None)):
+        if given:
+            raise ConfigError(f"{flag} is not available with --task causal-lm yet")
+    sentences = _sentences(args)
+    from nlp_dlg.causal.model import CausalSpec, load_bpe_tokenizer, load_causal_lm, model_metadata
+    from nlp_dlg.causal.victim import capture_causal
+    from nlp_dlg.engine.device import resolve_device
+    from nlp_dlg.text.model import holds_tokenizer
+
+    set_threads(args.threads)
+    spec = CausalSpec(architecture=args.architecture, name_or_path=args.model, seed=args.seed,
+                      config=_overrides(args))
+    tok_name = args.tokenizer or (args.model if holds_tokenizer(args.model) else None)
+    tokenizer = load_bpe_tokenizer(tok_name)
+    model = load_causal_lm(spec, tokenizer).to(resolve_device(args.device))
+    return {"model": model, "tokenizer": tokenizer}, capture_causal(
+        model, tokenizer, sentences, batch_size=args.batch_size, max_length=args.max_length,
+        model_info=model_metadata(model, spec), tokenizer_name=tok_name, train_mode=args.train_mode)
 
 
 def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
     """What the attack adopts of the victim (its model, on ``--device``, and tokenizer) and the captured
     (observation, truth) pairs for the victim options."""
+    if args.task == "causal-lm":
+        return _causal_victim(args)
     # the options and the input are checked before torch is imported or a model is built: a typo fails at once
     config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
                            max_length=args.max_length, train_mode=args.train_mode, defense=args.defense,
@@ -158,7 +201,25 @@ def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
         defense_generator=noise)
 
 
+def _task_of(args: argparse.Namespace) -> str:
+    """The task to attack: the first gradient file's (read from its header alone), else ``--task``."""
+    if args.gradients is None:
+        return args.task
+    from nlp_dlg.engine.observation import find_gradient_files, read_metadata
+
+    meta = read_metadata(find_gradient_files(args.gradients)[0])
+    task = meta.get("task") if isinstance(meta, dict) else None
+    return task if task in TASKS else "masked-lm"     # anything else is refused, in one line, by the pipeline
+
+
 def _task(args: argparse.Namespace, *, device: Any) -> Any:
+    if _task_of(args) == "causal-lm":
+        from nlp_dlg.causal.runner import CausalLMTask
+
+        config = CausalAttackConfig(method=args.method, use_priors=not args.no_priors, log_every=args.log_every,
+                                    matching=matching_config(args, CAUSAL.matching), max_length=args.max_length)
+        return CausalLMTask(config, name_or_path=args.model, tokenizer_name=args.tokenizer,
+                            verify=not args.no_verify, device=device, report_dir=args.report)
     from nlp_dlg.text.runner import MaskedLMTask
 
     config = TextAttackConfig(method=args.method, use_priors=not args.no_priors,

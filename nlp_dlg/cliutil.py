@@ -162,6 +162,7 @@ def setup_logging(quiet: bool) -> None:
     """Progress (INFO) on stderr unless ``quiet``; third-party chatter silenced, their progress bars too (set
     before transformers is imported: an error stays one line on stderr)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")   # transformers sets its own level on import
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in NOISY:

@@ -56,7 +56,11 @@ def _env_threads() -> int | None:
 def _start_worker(task: Any, metadata: Mapping[str, Any], threads: int, level: int) -> None:
     import torch
 
+    from nlp_dlg.cliutil import NOISY
+
     logging.basicConfig(level=level, format="%(asctime)s [worker %(process)d] %(message)s", datefmt="%H:%M:%S")
+    for noisy in NOISY:                 # as in the parent (cliutil.setup_logging): third-party chatter silenced
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     torch.set_num_threads(threads)
     _WORKER.update(task=task, metadata=metadata, prepared=False)
 

@@ -76,7 +76,7 @@ def grow_prefixes(layers: DecoderLayers, span: Span, candidates: Sequence[torch.
     device = _device(layers)
     frontier: list[list[int]] = [[]]
     complete: list[list[int]] = []
-    for p, cands in enumerate(candidates):
+    for cands in candidates:
         pairs = [(prefix, int(v)) for prefix in frontier for v in cands]
         res = torch.cat([_extension_residuals(layers, span, pairs[i:i + CHUNK], device)
                          for i in range(0, len(pairs), CHUNK)])

@@ -61,7 +61,7 @@ class DecoderLayers:
                  for m in block.modules() if _is_projection(m)]
         try:
             with torch.no_grad():
-                self.model(input_ids=self._probe())
+                self.model(input_ids=self._probe(), attention_mask=torch.ones_like(self._probe()))
         finally:
             for h in hooks:
                 h.remove()
@@ -71,19 +71,24 @@ class DecoderLayers:
         return [Projection(f"{names[m]}.weight", m, type(m).__name__ == "Conv1D")
                 for m, x in seen if x is first or (x.shape == first.shape and torch.equal(x, first))]
 
-    def inputs(self, input_ids: torch.Tensor, layer: int, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, T, H)``: what layer ``layer``'s first projections read for ``input_ids`` (the forward pass stops
-        there)."""
+    def inputs(self, input_ids: torch.Tensor | None, layer: int, attention_mask: torch.Tensor | None = None, *,
+               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, T, H)``: what layer ``layer``'s first projections read for ``input_ids`` (or ``inputs_embeds``); the
+        forward pass stops there."""
         box: list[torch.Tensor] = []
 
         def grab(module: nn.Module, args: tuple[Any, ...]) -> None:
             box.append(args[0])
             raise _Stop
 
+        given = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        if attention_mask is None:                 # every position is a token (no padding in a probe)
+            attention_mask = torch.ones((given.get("input_ids", inputs_embeds)).shape[:2], dtype=torch.long,
+                                        device=self.model.get_input_embeddings().weight.device)
         hook = self.projections[layer][0].module.register_forward_pre_hook(grab)
         try:
             with torch.no_grad():
-                self.model(input_ids=input_ids, attention_mask=attention_mask)
+                self.model(**given, attention_mask=attention_mask)
         except _Stop:
             pass
         finally:
@@ -121,7 +126,7 @@ class DecoderLayers:
         hooks.append(self.model.get_output_embeddings().register_forward_pre_hook(lambda m, a: head_in.append(a[0])))
         try:
             with torch.no_grad():
-                self.model(input_ids=self._probe())
+                self.model(input_ids=self._probe(), attention_mask=torch.ones_like(self._probe()))
         finally:
             for h in hooks:
                 h.remove()

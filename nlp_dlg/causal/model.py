@@ -63,10 +63,12 @@ def build_config(architecture: str, overrides: Mapping[str, Any] | None, vocab_s
     return config
 
 
-def load_causal_lm(spec: CausalSpec, vocab_size: int) -> PreTrainedModel:
-    """Build (random init, seeded without touching the global RNG) or load the decoder, in eval mode."""
+def load_causal_lm(spec: CausalSpec, tokenizer: PreTrainedTokenizerBase | int) -> PreTrainedModel:
+    """Build (random init, seeded without touching the global RNG; the vocabulary and special tokens are the
+    ``tokenizer``'s, or a vocabulary size) or load the decoder, in eval mode."""
     if spec.name_or_path is None:
-        config = build_config(spec.architecture, spec.config, vocab_size)
+        config = build_config(spec.architecture, {**_special_ids(tokenizer), **(spec.config or {})},
+                              tokenizer if isinstance(tokenizer, int) else len(tokenizer))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.seed)
             model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
@@ -79,7 +81,16 @@ def load_causal_lm(spec: CausalSpec, vocab_size: int) -> PreTrainedModel:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model: cannot load {spec.name_or_path!r} as a causal LM: "
                               f"{str(exc).splitlines()[0]}") from exc
+    model.loss_type = "ForCausalLM"      # GPT2LMHeadModel's name matches no loss: say which (the one it falls back to)
     return model.eval()
+
+
+def _special_ids(tokenizer: PreTrainedTokenizerBase | int) -> dict[str, int]:
+    if isinstance(tokenizer, int):
+        return {}
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    return {k: v for k, v in ids.items() if v is not None}
 
 
 def load_bpe_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBase:
@@ -143,7 +154,7 @@ def model_from_metadata(meta: Mapping[str, Any], *, name_or_path: str | None = N
     """Rebuild (random init) or load (``name_or_path``, which a pretrained file requires) the decoder a file
     names, and check its checksum."""
     if name_or_path is not None:
-        model = load_causal_lm(CausalSpec(name_or_path=name_or_path), 0)
+        model = load_causal_lm(CausalSpec(name_or_path=name_or_path), 1)
     elif meta.get("source") == "random-init":
         config = {k: v for k, v in meta["config"].items() if k != "model_type"}
         spec = CausalSpec(architecture=meta["architecture"], seed=int(meta.get("seed") or 0), config=config)

@@ -34,10 +34,12 @@ class Span:
         return self.basis.shape[1]
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """``‖x − P x‖ / ‖x‖`` per row of ``x (…, H)``: 0 inside the span, ~1 far from it."""
+        """``‖x − P x‖ / ‖x‖`` per row of ``x (…, H)``: 0 inside the span, ~1 far from it; 1 for a zero vector,
+        which lies in every span and so says nothing (e.g. a padding token's zero embedding)."""
         x = x.to(self.basis.device).double()
         inside = (x @ self.basis) @ self.basis.T
-        return (x - inside).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-30)
+        norm = x.norm(dim=-1)
+        return torch.where(norm > 0, (x - inside).norm(dim=-1) / norm.clamp_min(1e-300), torch.ones_like(norm))
 
 
 def input_span(gradients: Sequence[torch.Tensor], *, max_rank: int, rank: int | None = None,

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from nlp_dlg.pipeline import Column, Row, format_table
+
 
 def token_accuracy(predicted: Sequence[int], reference: Sequence[int], *, ignore: Collection[int] = ()) -> float:
     """Fraction of reference positions (ids in ``ignore`` skipped) where ``predicted`` has the same id.
@@ -80,3 +82,19 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Means of the numeric scores over rows."""
     keys = ["token_accuracy", "rouge1", "rouge2", "rougeL", "exact_match", "seconds", "gradient_evaluations"]
     return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys if rows and all(k in r for r in rows)}
+
+
+SUMMARY = (
+    Column("batch", lambda r: r["batch"]), Column("idx", lambda r: r["index"]),
+    Column("tokacc", lambda r: r["token_accuracy"], ".3f", ".3f"), Column("R1", lambda r: r["rouge1"], ".2f", ".2f"),
+    Column("R2", lambda r: r["rouge2"], ".2f", ".2f"), Column("RL", lambda r: r["rougeL"], ".2f", ".2f"),
+    Column("exact", lambda r: r["exact_match"], "", ".2f"),
+    Column("evals", lambda r: r["gradient_evaluations"], "d", ".0f"),
+    Column("sec", lambda r: r["seconds"], ".1f", ".1f"),
+    Column("reconstruction", lambda r: r["reconstruction"], align="<"),
+)
+
+
+def format_summary(rows: Sequence[Row]) -> str:
+    """A plain-text table of scored rows: one line per sequence, then the means."""
+    return format_table(rows, SUMMARY)

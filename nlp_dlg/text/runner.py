@@ -14,10 +14,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nlp_dlg.engine.errors import ConfigError
-from nlp_dlg.pipeline import BatchOutcome, Column, PlacedModel, Row, format_table
+from nlp_dlg.pipeline import BatchOutcome, PlacedModel, Row
 from nlp_dlg.text.attack import MaskedLMAttack, TextStep
 from nlp_dlg.text.config import TextAttackConfig
-from nlp_dlg.text.metrics import score_batch
+from nlp_dlg.text.metrics import format_summary, score_batch
 from nlp_dlg.text.model import (
     DEFAULT_TOKENIZER,
     check_model_metadata,
@@ -145,22 +145,6 @@ class MaskedLMTask(PlacedModel):
 
     def summary(self, rows: Sequence[Row]) -> str | None:
         return format_summary(rows) if rows and "token_accuracy" in rows[0] else None
-
-
-SUMMARY = (
-    Column("batch", lambda r: r["batch"]), Column("idx", lambda r: r["index"]),
-    Column("tokacc", lambda r: r["token_accuracy"], ".3f", ".3f"), Column("R1", lambda r: r["rouge1"], ".2f", ".2f"),
-    Column("R2", lambda r: r["rouge2"], ".2f", ".2f"), Column("RL", lambda r: r["rougeL"], ".2f", ".2f"),
-    Column("exact", lambda r: r["exact_match"], "", ".2f"),
-    Column("evals", lambda r: r["gradient_evaluations"], "d", ".0f"),
-    Column("sec", lambda r: r["seconds"], ".1f", ".1f"),
-    Column("reconstruction", lambda r: r["reconstruction"], align="<"),
-)
-
-
-def format_summary(rows: Sequence[Row]) -> str:
-    """A plain-text table of scored rows: one line per sequence, then the means."""
-    return format_table(rows, SUMMARY)
 
 
 def score_rows(rows: Sequence[Row], sentences: Sequence[str], tokenizer: PreTrainedTokenizerBase,

@@ -1,0 +1,99 @@
+"""The causal-LM task: capture, the exact span attack (GPT-2 and LLaMA families, tied and untied heads), the
+paper's matching, the command line, and metadata refused before anything is built."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from nlp_dlg.causal.attack import CausalLMAttack
+from nlp_dlg.causal.config import CausalAttackConfig
+from nlp_dlg.causal.layers import DecoderLayers
+from nlp_dlg.causal.model import CausalSpec, load_bpe_tokenizer, load_causal_lm, model_metadata
+from nlp_dlg.causal.victim import capture_causal
+from nlp_dlg.engine import MatchingConfig, load_observation, save_observation
+
+REVIEWS = ["a gripping thriller that never lets go of its audience .",
+           "the acting is wooden and the plot makes no sense."]
+TINY = {"gpt2": {"n_embd": 64, "n_layer": 3, "n_head": 2},
+        "llama": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 2,
+                  "num_key_value_heads": 2}}
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return load_bpe_tokenizer()
+
+
+def _victim(bpe, architecture):
+    spec = CausalSpec(architecture=architecture, config=TINY[architecture])
+    model = load_causal_lm(spec, bpe)
+    return model, capture_causal(model, bpe, REVIEWS, batch_size=2, model_info=model_metadata(model, spec))[0]
+
+
+@pytest.mark.parametrize("architecture, projections", [("gpt2", ["transformer.h.0.attn.c_attn.weight"]),
+                                                       ("llama", ["model.layers.0.self_attn.q_proj.weight",
+                                                                  "model.layers.0.self_attn.k_proj.weight",
+                                                                  "model.layers.0.self_attn.v_proj.weight"])])
+def test_the_layers_are_found_by_running_the_model(bpe, architecture, projections):
+    model = load_causal_lm(CausalSpec(architecture=architecture, config=TINY[architecture]), bpe)
+    layers = DecoderLayers(model)
+    assert [p.name for p in layers.projections[0]] == projections
+    assert layers.projections[0][0].transposed == (architecture == "gpt2")
+    assert layers.inputs(torch.tensor([[5, 6, 7]]), 1).shape == (1, 3, 64)
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])   # tied head (final norm read) / untied head
+def test_the_span_attack_recovers_a_batch_exactly_and_certifies_it(bpe, architecture):
+    model, (obs, truth) = _victim(bpe, architecture)
+    recs = CausalLMAttack(model, bpe).attack(obs, generator=torch.Generator().manual_seed(0))
+    assert sorted(r.reconstruction for r in recs) == sorted(REVIEWS)
+    assert all(r.certified and r.evaluations == 0 for r in recs)
+    assert sorted(r.token_ids for r in recs) == sorted(tuple(ids[m.bool()].tolist())
+                                                      for ids, m in zip(truth.input_ids, truth.attention_mask))
+
+
+def test_dlg_matches_and_reports_decoded_text_per_step(bpe):
+    model, (obs, _) = _victim(bpe, "gpt2")
+    steps = []
+    config = CausalAttackConfig(method="dlg", log_every=2, matching=MatchingConfig(distance="cosine", steps=4))
+    recs = CausalLMAttack(model, bpe, config, callbacks=[steps.append]).attack(
+        obs, generator=torch.Generator().manual_seed(0))
+    assert [s.record.step for s in steps] == [0, 2, 4] and len(steps[0].texts) == 2
+    assert steps[-1].record.distance < steps[0].record.distance
+    assert all(r.method == "dlg" and r.evaluations > 0 for r in recs) and recs[0].token_ids[0] < len(bpe)
+
+
+def test_the_command_line_captures_and_attacks_a_causal_lm(tmp_path, capsys, caplog):
+    from nlp_dlg.cli import main
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps(TINY["llama"]))
+    common = ["--task", "causal-lm", "--architecture", "llama", "--model-config", str(cfg)]
+    assert main(["-q", "capture", *common, "--text", REVIEWS[0], "--text", REVIEWS[1], "--batch-size", "2",
+                 "--out", str(tmp_path / "g")]) == 0
+    caplog.set_level(logging.INFO)
+    assert main(["attack", "--gradients", str(tmp_path / "g"), "--out", str(tmp_path / "r.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(r["reconstruction"] for r in rows) == sorted(REVIEWS) and all(r["certified"] for r in rows)
+    assert main(["-q", "attack", *common, "--text", REVIEWS[0], "--out", str(tmp_path / "s.jsonl")]) == 0
+    assert json.loads((tmp_path / "s.jsonl").read_text())["exact_match"]
+    capsys.readouterr()
+    assert main(["-q", "capture", *common, "--text", REVIEWS[0], "--defense", "fp16", "--out", str(tmp_path / "d")]) == 2
+    assert "--defense is not available with --task causal-lm" in capsys.readouterr().err
+
+
+def test_a_causal_file_asking_for_a_deep_model_is_refused_before_it_is_built(bpe, tmp_path, capsys):
+    from nlp_dlg.cli import main
+
+    _, (obs, _) = _victim(bpe, "gpt2")
+    meta = dict(obs.metadata)
+    meta["model"] = {**meta["model"], "config": {**meta["model"]["config"], "n_layer": 90}}
+    save_observation(type(obs)(obs.gradients, meta), tmp_path / "deep.safetensors")
+    assert load_observation(tmp_path / "deep.safetensors").metadata["task"] == "causal-lm"
+    code = main(["-q", "attack", "--gradients", str(tmp_path / "deep.safetensors"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "model config" in err and len(err.strip().splitlines()) == 1
