@@ -51,36 +51,48 @@ def _device(layers: DecoderLayers) -> torch.device:
 
 
 def token_candidates(layers: DecoderLayers, span: Span, *, max_positions: int) -> list[torch.Tensor]:
-    """Per position, the token ids whose layer-0 input lies in ``span``; stops at the first position with none."""
+    """Per position, the token ids whose layer-0 input lies in ``span``, up to the last position with any.
+
+    Layer 0's input at a position depends on the token and the position only, so one forward pass of a chunk of
+    tokens, each repeated over every position, tests them at all positions at once."""
     vocab, device = layers.model.get_input_embeddings().weight.shape[0], _device(layers)
-    out: list[torch.Tensor] = []
-    for p in range(max_positions):
-        kept = []
-        for start in range(0, vocab, CHUNK):
-            ids = torch.arange(start, min(start + CHUNK, vocab), device=device)
-            batch = torch.zeros(len(ids), p + 1, dtype=torch.long, device=device)
-            batch[:, p] = ids
-            res = span.residual(layers.inputs(batch, 0)[:, p])
-            kept.append(ids[res.to(device) < RESIDUAL_MAX])
-        found = torch.cat(kept)
-        if len(found) == 0:
-            break
-        out.append(found)
+    kept: list[list[torch.Tensor]] = [[] for _ in range(max_positions)]
+    chunk = max(1, CHUNK * 16 // max_positions)
+    for start in range(0, vocab, chunk):
+        ids = torch.arange(start, min(start + chunk, vocab), device=device)
+        inside = (span.residual(layers.inputs(ids[:, None].expand(-1, max_positions), 0)) < RESIDUAL_MAX)  # (n, P)
+        for p in range(max_positions):
+            kept[p].append(ids[inside[:, p].to(device)])
+    out = [torch.cat(k) for k in kept]
+    while out and len(out[-1]) == 0:
+        out.pop()
     logger.info("layer-0 span (rank %d): candidate tokens per position %s", span.rank, [len(c) for c in out])
     return out
 
 
 def grow_prefixes(layers: DecoderLayers, span: Span, candidates: Sequence[torch.Tensor]) -> list[list[int]]:
     """The batch's visible prefixes: grown one token at a time, each extension kept when layer 1's input at the
-    new position lies in ``span``; a prefix that no candidate extends is complete."""
+    new position lies in ``span``; a prefix that no candidate extends is complete.
+
+    (A rotary model has no position in its residual stream: after a prefix of one repeated token, one more of it
+    gives the same input again and adds nothing the gradient could show, so the span cannot tell how many there
+    were; an extension whose input repeats the previous position's exactly is not taken.)"""
     device = _device(layers)
     frontier: list[list[int]] = [[]]
     complete: list[list[int]] = []
     for cands in candidates:
-        pairs = [(prefix, int(v)) for prefix in frontier for v in cands]
-        res = torch.cat([_extension_residuals(layers, span, pairs[i:i + CHUNK], device)
-                         for i in range(0, len(pairs), CHUNK)])
-        kept = [(float(r), prefix + [v]) for r, (prefix, v) in zip(res, pairs) if float(r) < RESIDUAL_MAX]
+        kept: list[tuple[float, list[int]]] = []
+        step = max(1, CHUNK // max(1, len(cands)))
+        for i in range(0, len(frontier), step):
+            group = frontier[i:i + step]
+            x, last = layers.extension_inputs(torch.tensor(group, dtype=torch.long, device=device).reshape(
+                len(group), -1), cands.to(device))
+            res = span.residual(x).cpu()                                             # (F, C)
+            if last is not None:
+                x, last = x.double(), last.double()[:, None]
+                res[((x - last).norm(dim=-1) <= 1e-6 * x.norm(dim=-1)).cpu()] = float("inf")
+            kept += [(float(res[f, c]), prefix + [int(cands[c])]) for f, prefix in enumerate(group)
+                     for c in (res[f] < RESIDUAL_MAX).nonzero().flatten().tolist()]
         extended = {tuple(prefix[:-1]) for _, prefix in kept}
         complete += [prefix for prefix in frontier if prefix and tuple(prefix) not in extended]
         frontier = [prefix for _, prefix in sorted(kept, key=lambda k: k[0])[:MAX_FRONTIER]]
@@ -90,21 +102,6 @@ def grow_prefixes(layers: DecoderLayers, span: Span, candidates: Sequence[torch.
     logger.info("layer-1 span (rank %d): %d prefix(es), lengths %s", span.rank, len(complete),
                 [len(c) for c in complete])
     return complete
-
-
-def _extension_residuals(layers: DecoderLayers, span: Span, pairs: Sequence[tuple[list[int], int]],
-                         device: torch.device) -> torch.Tensor:
-    """Layer 1's residual at each extension's new position; infinite where the new input repeats the previous
-    position's exactly. (A rotary model has no position in its residual stream: after a prefix of one repeated
-    token, one more of it gives the same input again and adds nothing the gradient could show, so the span cannot
-    tell how many there were; such an extension is not taken.)"""
-    ids = torch.tensor([prefix + [v] for prefix, v in pairs], device=device)     # (n, p + 1): one length
-    x = layers.inputs(ids, 1).double()                                            # (n, p + 1, H)
-    res = span.residual(x[:, -1]).cpu()
-    if x.shape[1] > 1:
-        repeat = ((x[:, -1] - x[:, -2]).norm(dim=-1) <= 1e-6 * x[:, -1].norm(dim=-1)).cpu()
-        res[repeat] = float("inf")
-    return res
 
 
 def _padded(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,22 +163,25 @@ def _from_final_norm(layers: DecoderLayers, gradients: Mapping[str, torch.Tensor
 
 
 def _pursue(residual: torch.Tensor, states: Sequence[torch.Tensor], w: torch.Tensor) -> list[int]:
-    """Greedy matching pursuit: one (sequence, token) atom ``[w_v ⊙ n_b ; w_v]`` at a time, the best fit first."""
+    """Greedy matching pursuit: the (sequence b, token v) atom ``a = [w_v ⊙ n_b ; w_v]`` that leaves the smallest
+    ``‖r − a‖`` first (each enters with coefficient exactly 1), then the next on what is left."""
+    hidden = w.shape[1]
+    squares = w * w                                                                  # (V, H)
     chosen: dict[int, int] = {}
     for _ in states:
         best = None
+        r_gamma, r_beta = residual[:hidden], residual[hidden:]
         for b, n in enumerate(states):
             if b in chosen:
                 continue
-            atoms = torch.cat([w * n, w], dim=1)                                     # (V, 2H)
-            coef = atoms @ residual / (atoms * atoms).sum(1)
-            fit = (residual[None] - coef[:, None] * atoms).norm(dim=1)
-            v = int(fit.argmin())
-            if best is None or float(fit[v]) < best[0]:
-                best = (float(fit[v]), b, v, atoms[v])
-        _, b, v, atom = best  # type: ignore[misc]
+            # ‖r − a_v‖² − ‖r‖² = ‖a_v‖² − 2 a_v·r, for every v at once (two matrix-vector products)
+            change = squares @ (n * n + 1) - 2 * (w @ (n * r_gamma + r_beta))         # (V,)
+            v = int(change.argmin())
+            if best is None or float(change[v]) < best[0]:
+                best = (float(change[v]), b, v)
+        _, b, v = best  # type: ignore[misc]
         chosen[b] = v
-        residual = residual - atom
+        residual = residual - torch.cat([w[v] * states[b], w[v]])
     return [chosen[b] for b in range(len(states))]
 
 

@@ -17,6 +17,10 @@ from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.span import Span, SpanUnavailable, input_span
 
 
+def _cached(cache: Any) -> int:
+    return 0 if cache is None else int(cache.get_seq_length())
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the wanted input is seen."""
 
@@ -72,7 +76,7 @@ class DecoderLayers:
                 for m, x in seen if x is first or (x.shape == first.shape and torch.equal(x, first))]
 
     def inputs(self, input_ids: torch.Tensor | None, layer: int, attention_mask: torch.Tensor | None = None, *,
-               inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+               inputs_embeds: torch.Tensor | None = None, **forward: Any) -> torch.Tensor:
         """``(B, T, H)``: what layer ``layer``'s first projections read for ``input_ids`` (or ``inputs_embeds``); the
         forward pass stops there."""
         box: list[torch.Tensor] = []
@@ -83,17 +87,37 @@ class DecoderLayers:
 
         given = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
         if attention_mask is None:                 # every position is a token (no padding in a probe)
-            attention_mask = torch.ones((given.get("input_ids", inputs_embeds)).shape[:2], dtype=torch.long,
+            width = (given.get("input_ids", inputs_embeds)).shape[1] + _cached(forward.get("past_key_values"))
+            attention_mask = torch.ones(len(given.get("input_ids", inputs_embeds)), width, dtype=torch.long,
                                         device=self.model.get_input_embeddings().weight.device)
         hook = self.projections[layer][0].module.register_forward_pre_hook(grab)
         try:
             with torch.no_grad():
-                self.model(**given, attention_mask=attention_mask)
+                self.model(**given, attention_mask=attention_mask, **forward)
         except _Stop:
             pass
         finally:
             hook.remove()
         return box[0]
+
+    def extension_inputs(self, prefixes: torch.Tensor,
+                         candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(F, C, H)``: layer 1's input at the position after each prefix ``(F, p)`` when candidate ``c`` follows;
+        and ``(F, H)``, its input at each prefix's last position (None for empty prefixes).
+
+        Under the causal mask that input depends on the prefix and the candidate only; the prefix runs once
+        through layer 0 into a key/value cache that every candidate reuses (only the new position is computed)."""
+        from transformers import DynamicCache
+
+        f, c = prefixes.shape[0], len(candidates)
+        if prefixes.shape[1] == 0:
+            return self.inputs(candidates[:, None], 1)[:, 0].expand(f, -1, -1), None
+        cache = DynamicCache(config=self.model.config)
+        last = self.inputs(prefixes, 1, past_key_values=cache, use_cache=True)[:, -1]   # fills layer 0's cache
+        cache.layers[0].batch_repeat_interleave(c)
+        ids = candidates.repeat(f)[:, None]                                         # (F * C, 1)
+        x = self.inputs(ids, 1, past_key_values=cache, use_cache=True)[:, -1]     # (F * C, H)
+        return x.reshape(f, c, -1), last
 
     def span(self, gradients: Mapping[str, torch.Tensor], layer: int, *, max_rank: int) -> Span:
         """The span of layer ``layer``'s inputs, from its first projections' weight gradients."""
