@@ -66,6 +66,9 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="causal-lm, random init: the decoder family at its standard size (gpt2: GPT-2 small, 12 "
                           "layers x 768; llama: a small LLaMA, 8 layers x 512), with the shipped 8,192-token BPE "
                           "(default: gpt2)")
+    mod.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
+                     help="causal-lm: fine-tune LoRA adapters of rank R (peft, on the family's attention maps, drawn "
+                          "from --seed); only their gradients leave the client (default: full fine-tuning)")
     mod.add_argument("--model-config", type=Path, metavar="JSON",
                      help="config overrides for a random-init model (e.g. a smaller model)")
     mod.add_argument("--tokenizer", metavar="NAME_OR_PATH",
@@ -144,7 +147,7 @@ def _causal_victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
         if given:
             raise ConfigError(f"{flag} is not available with --task causal-lm yet")
     sentences = _sentences(args)
-    from nlp_dlg.causal.model import CausalSpec, load_bpe_tokenizer, load_causal_lm, model_metadata
+    from nlp_dlg.causal.model import CausalSpec, add_lora, load_bpe_tokenizer, load_causal_lm, model_metadata
     from nlp_dlg.causal.victim import capture_causal
     from nlp_dlg.engine.device import resolve_device
     from nlp_dlg.text.model import holds_tokenizer
@@ -154,10 +157,15 @@ def _causal_victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
                       config=_overrides(args))
     tok_name = args.tokenizer or (args.model if holds_tokenizer(args.model) else None)
     tokenizer = load_bpe_tokenizer(tok_name)
-    model = load_causal_lm(spec, tokenizer).to(resolve_device(args.device))
+    model = load_causal_lm(spec, tokenizer)
+    lora = None if args.lora_rank is None else {"rank": args.lora_rank, "seed": args.seed}
+    if lora is not None:
+        model = add_lora(model, rank=args.lora_rank, seed=args.seed,
+                         architecture=args.architecture if args.model is None else model.config.model_type)
+    model = model.to(resolve_device(args.device))
     return {"model": model, "tokenizer": tokenizer}, capture_causal(
         model, tokenizer, sentences, batch_size=args.batch_size, max_length=args.max_length,
-        model_info=model_metadata(model, spec), tokenizer_name=tok_name, train_mode=args.train_mode)
+        model_info=model_metadata(model, spec, lora), tokenizer_name=tok_name, train_mode=args.train_mode)
 
 
 def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
@@ -165,6 +173,10 @@ def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
     (observation, truth) pairs for the victim options."""
     if args.task == "causal-lm":
         return _causal_victim(args)
+    if args.lora_rank is not None:
+        from nlp_dlg.engine.errors import ConfigError
+
+        raise ConfigError("--lora-rank applies to --task causal-lm")
     # the options and the input are checked before torch is imported or a model is built: a typo fails at once
     config = CaptureConfig(batch_size=args.batch_size, mlm_probability=args.mlm_probability,
                            max_length=args.max_length, train_mode=args.train_mode, defense=args.defense,

@@ -197,7 +197,7 @@ def certify(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor], seque
 def recover(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor], *, batch_size: int,
             pad_id: int, max_positions: int) -> CausalGuess:
     """The batch's sequences from its gradient: tokens, prefixes, last tokens, certificate."""
-    layers = DecoderLayers(model)
+    layers = DecoderLayers(model, gradients)
     hidden = model.get_input_embeddings().weight.shape[1]
     span0 = layers.span(gradients, 0, max_rank=hidden)
     candidates = token_candidates(layers, span0, max_positions=min(max_positions, span0.rank + 1))
@@ -206,7 +206,11 @@ def recover(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor], *, ba
         logger.warning("found %d prefix(es) for a batch of %d", len(prefixes), batch_size)
     if not prefixes:
         raise SpanUnavailable("no prefix passed the layer-1 test")
-    sequences = [p + [t] for p, t in zip(prefixes, last_tokens(layers, gradients, prefixes, pad_id))]
+    try:
+        sequences = [p + [t] for p, t in zip(prefixes, last_tokens(layers, gradients, prefixes, pad_id))]
+    except SpanUnavailable as exc:    # e.g. LoRA: neither the head nor the final norm is shared
+        logger.warning("the last token of each sequence is not recoverable (%s): the prefixes are reported", exc)
+        sequences = [list(p) for p in prefixes]
     distance = certify(model, gradients, sequences, pad_id)
     logger.info("guess's gradient at cosine distance %.3g from the observed one (%s)", distance,
                 "certified" if distance < CERTIFY_MAX else "not certified")

@@ -90,7 +90,7 @@ class CausalLMAttack:
         vocab = self.model.get_input_embeddings().weight.shape[0]
         every = torch.arange(vocab)
         try:
-            layers = DecoderLayers(self.model)
+            layers = DecoderLayers(self.model, grads)
             span = layers.span(grads, 0, max_rank=self.model.get_input_embeddings().weight.shape[1])
         except SpanUnavailable as exc:
             logger.info("no sequence length from the gradient (%s): %d tokens", exc, FALLBACK_LENGTH)

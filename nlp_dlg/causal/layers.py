@@ -1,7 +1,9 @@
 """Where a decoder's layers read their inputs, found by running the model once with hooks, so that any Hugging Face
 decoder works without naming its parameters: the blocks are the ``ModuleList`` of ``config.num_hidden_layers``
-modules; a block's first projections are the linear maps (``nn.Linear`` or GPT-2's ``Conv1D``) that read the
-block's first normalised input (GPT-2's ``c_attn``; LLaMA's ``q_proj``, ``k_proj``, ``v_proj``); the head is
+modules; a block's first projections are the first linear maps (``nn.Linear`` or GPT-2's ``Conv1D``) called in it
+whose weight gradient is shared and not zero, with every other such map reading the same input (GPT-2's
+``c_attn``; LLaMA's ``q_proj``, ``k_proj``, ``v_proj``; with LoRA, where only adapters are shared and ``B`` starts
+at zero so ``A``'s gradient is zero, the ``lora_B`` maps, which read ``A x``); the head is
 ``get_output_embeddings()`` and the final norm is the module whose output it reads."""
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class Projection:
 class DecoderLayers:
     """A decoder's layer inputs, spans and head, found on ``model`` by one probe forward pass."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, gradients: Mapping[str, torch.Tensor] | None = None) -> None:
         self.model = model
+        self.shared = None if gradients is None else {n for n, g in gradients.items() if bool(g.detach().any())}
         layers = int(getattr(model.config, "num_hidden_layers", 0))
         found = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == layers]
         if not found:
@@ -69,8 +72,11 @@ class DecoderLayers:
         finally:
             for h in hooks:
                 h.remove()
+        if self.shared is not None:           # only maps whose gradient the file holds, and not all zero
+            seen = [(m, x) for m, x in seen if f"{names[m]}.weight" in self.shared]
         if not seen:
-            raise ConfigError(f"{type(self.model).__name__}: its blocks have no linear projections")
+            raise SpanUnavailable(f"{type(self.model).__name__}: no linear map of its first blocks has a shared, "
+                                  "non-zero gradient")
         first = seen[0][1]
         return [Projection(f"{names[m]}.weight", m, type(m).__name__ == "Conv1D")
                 for m, x in seen if x is first or (x.shape == first.shape and torch.equal(x, first))]
@@ -87,7 +93,7 @@ class DecoderLayers:
 
         given = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
         if attention_mask is None:                 # every position is a token (no padding in a probe)
-            width = (given.get("input_ids", inputs_embeds)).shape[1] + _cached(forward.get("past_key_values"))
+            width = (given.get("input_ids", inputs_embeds)).shape[1] + _cached(forward.get("cache"))
             attention_mask = torch.ones(len(given.get("input_ids", inputs_embeds)), width, dtype=torch.long,
                                         device=self.model.get_input_embeddings().weight.device)
         hook = self.projections[layer][0].module.register_forward_pre_hook(grab)
@@ -113,10 +119,10 @@ class DecoderLayers:
         if prefixes.shape[1] == 0:
             return self.inputs(candidates[:, None], 1)[:, 0].expand(f, -1, -1), None
         cache = DynamicCache(config=self.model.config)
-        last = self.inputs(prefixes, 1, past_key_values=cache, use_cache=True)[:, -1]   # fills layer 0's cache
+        last = self.inputs(prefixes, 1, cache=cache, use_cache=True)[:, -1]   # fills layer 0's cache
         cache.layers[0].batch_repeat_interleave(c)
         ids = candidates.repeat(f)[:, None]                                         # (F * C, 1)
-        x = self.inputs(ids, 1, past_key_values=cache, use_cache=True)[:, -1]     # (F * C, H)
+        x = self.inputs(ids, 1, cache=cache, use_cache=True)[:, -1]     # (F * C, H)
         return x.reshape(f, c, -1), last
 
     def span(self, gradients: Mapping[str, torch.Tensor], layer: int, *, max_rank: int) -> Span:

@@ -31,6 +31,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "llama": {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 8,
               "num_attention_heads": 8, "num_key_value_heads": 8, "max_position_embeddings": 512},
 }
+# the maps LoRA adapts by default in each family (peft's own defaults for them)
+LORA_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 CONFIG_BOUNDS = {"vocab_size": (1, 1_000_000), "hidden_size": (1, 16_384), "n_embd": (1, 16_384),
                  "num_hidden_layers": (1, 96), "n_layer": (1, 96), "num_attention_heads": (1, 256),
                  "n_head": (1, 256), "intermediate_size": (1, 65_536), "max_position_embeddings": (1, 65_536),
@@ -85,6 +87,25 @@ def load_causal_lm(spec: CausalSpec, tokenizer: PreTrainedTokenizerBase | int) -
     return model.eval()
 
 
+def add_lora(model: PreTrainedModel, *, rank: int, seed: int, architecture: str) -> PreTrainedModel:
+    """``model`` with LoRA adapters of ``rank`` on its family's attention maps (peft; ``B`` starts at zero, ``A`` is
+    drawn from ``seed`` without touching the global RNG): only the adapters train, so only their gradients are
+    shared, as in federated LLM fine-tuning."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:
+        raise ConfigError("--lora-rank needs peft: pip install 'nlp-dlg[lora]'") from exc
+    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=LORA_TARGETS[architecture],
+                        fan_in_fan_out=architecture == "gpt2", bias="none")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        wrapped = get_peft_model(model, config)
+    logger.info("LoRA rank %d on %s: %d adapter parameters train (of %d)", rank, ", ".join(LORA_TARGETS[architecture]),
+                sum(p.numel() for p in wrapped.parameters() if p.requires_grad),
+                sum(p.numel() for p in wrapped.parameters()))
+    return wrapped.eval()          # a new wrapper starts in train mode (dropout on)
+
+
 def _special_ids(tokenizer: PreTrainedTokenizerBase | int) -> dict[str, int]:
     if isinstance(tokenizer, int):
         return {}
@@ -107,15 +128,15 @@ def load_bpe_tokenizer(name_or_path: str | None = None) -> PreTrainedTokenizerBa
     return tokenizer
 
 
-def model_metadata(model: PreTrainedModel, spec: CausalSpec) -> dict[str, Any]:
-    """How to rebuild or load the decoder, and its checksum."""
+def model_metadata(model: PreTrainedModel, spec: CausalSpec, lora: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """How to rebuild or load the decoder (and its LoRA adapters: ``{"rank", "seed"}``), and its checksum."""
     config = model.config.to_dict()
     for key in ("_attn_implementation_autoset", "transformers_version", "architectures", "_name_or_path"):
         config.pop(key, None)
     return {"architecture": spec.architecture if spec.name_or_path is None else type(model).__name__,
             "source": "random-init" if spec.name_or_path is None else "pretrained",
             "name_or_path": spec.name_or_path, "seed": spec.seed if spec.name_or_path is None else None,
-            "config": config, "checksum": weights_checksum(model)}
+            "config": config, "checksum": weights_checksum(model), "lora": None if lora is None else dict(lora)}
 
 
 def check_model_metadata(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
@@ -126,27 +147,34 @@ def check_model_metadata(meta: Mapping[str, Any], shapes: Mapping[str, tuple[int
     field(model, "name_or_path", str, where="model.", required=source == "pretrained")
     field(model, "seed", int, where="model.", required=False, low=0, high=2**63 - 1)
     config = field(model, "config", dict, where="model.", required=source == "random-init")
+    lora = field(model, "lora", dict, where="model.", required=False)
+    rank = None if lora is None else field(lora, "rank", int, where="model.lora.", low=1, high=4096)
+    if lora is not None:
+        field(lora, "seed", int, where="model.lora.", low=0, high=2**63 - 1)
     if config is None:
         return
     field(model, "architecture", str, where="model.", choices=tuple(ARCHITECTURES))
     for key, (low, high) in CONFIG_BOUNDS.items():
         field(config, key, int, where="model.config.", required=False, low=low, high=high)
-    check_shapes_match(expected_shapes(model["architecture"], json.dumps(config, sort_keys=True)), shapes,
+    check_shapes_match(expected_shapes(model["architecture"], json.dumps(config, sort_keys=True), rank), shapes,
                        "the model config")
 
 
 @functools.lru_cache(maxsize=8)
-def expected_shapes(architecture: str, config_json: str) -> dict[str, tuple[int, ...]]:
-    """The trainable parameter shapes a config describes, on the ``meta`` device (nothing allocated)."""
+def expected_shapes(architecture: str, config_json: str, lora_rank: int | None = None) -> dict[str, tuple[int, ...]]:
+    """The trainable parameter shapes a config (and LoRA rank) describes, on the ``meta`` device (nothing
+    allocated)."""
     config = dict(json.loads(config_json))
     config.pop("model_type", None)
     try:
         built = build_config(architecture, config, int(config.get("vocab_size", 1)))
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(built, attn_implementation="eager")
+            if lora_rank is not None:
+                model = add_lora(model, rank=lora_rank, seed=0, architecture=architecture)
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise MetadataError(f"metadata: model.config: not a {architecture} config ({exc})") from exc
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+    return {n: tuple(p.shape) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def model_from_metadata(meta: Mapping[str, Any], *, name_or_path: str | None = None,
@@ -162,6 +190,9 @@ def model_from_metadata(meta: Mapping[str, Any], *, name_or_path: str | None = N
     else:
         raise ConfigError(f"the gradient file was computed on the pretrained checkpoint {meta.get('name_or_path')!r}: "
                           "pass --model NAME_OR_PATH to load it (a path or hub name in a file is never followed)")
+    if meta.get("lora"):
+        family = meta.get("architecture") if meta.get("architecture") in LORA_TARGETS else model.config.model_type
+        model = add_lora(model, rank=int(meta["lora"]["rank"]), seed=int(meta["lora"]["seed"]), architecture=family)
     if verify and meta.get("checksum") and weights_checksum(model) != meta["checksum"]:
         raise ModelMismatchError("model weights do not match the gradient file's checksum (pass the right --model, "
                                  "or --no-verify to attack anyway)")

@@ -97,3 +97,19 @@ def test_a_causal_file_asking_for_a_deep_model_is_refused_before_it_is_built(bpe
     code = main(["-q", "attack", "--gradients", str(tmp_path / "deep.safetensors"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "model config" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lora_shares_only_adapters_whose_span_shows_the_prefix_when_the_rank_exceeds_the_tokens(bpe, caplog):
+    from nlp_dlg.causal.model import add_lora
+
+    spec = CausalSpec(architecture="gpt2", config={"n_embd": 128, "n_layer": 3, "n_head": 2})
+    recs = {}
+    for rank in (8, 64):
+        model = add_lora(load_causal_lm(spec, bpe), rank=rank, seed=0, architecture="gpt2")
+        [(obs, _)] = capture_causal(model, bpe, REVIEWS[:1], model_info={})
+        assert obs.gradients and all(".lora_" in n for n in obs.gradients)
+        config = CausalAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=2))
+        recs[rank] = CausalLMAttack(model, bpe, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
+    assert recs[64].method == "span" and REVIEWS[0].startswith(recs[64].reconstruction)
+    assert recs[64].reconstruction == REVIEWS[0][:-2] and not recs[64].certified   # the last token is not shared
+    assert recs[8].method == "dlg" and "more inputs fed it than its 8 dimensions" in caplog.text
