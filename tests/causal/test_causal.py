@@ -82,7 +82,8 @@ def test_the_command_line_captures_and_attacks_a_causal_lm(tmp_path, capsys, cap
     assert main(["-q", "attack", *common, "--text", REVIEWS[0], "--out", str(tmp_path / "s.jsonl")]) == 0
     assert json.loads((tmp_path / "s.jsonl").read_text())["exact_match"]
     capsys.readouterr()
-    assert main(["-q", "capture", *common, "--text", REVIEWS[0], "--defense", "fp16", "--out", str(tmp_path / "d")]) == 2
+    defended = ["--text", REVIEWS[0], "--defense", "fp16", "--out", str(tmp_path / "d")]
+    assert main(["-q", "capture", *common, *defended]) == 2
     assert "--defense is not available with --task causal-lm" in capsys.readouterr().err
 
 
@@ -111,5 +112,5 @@ def test_lora_shares_only_adapters_whose_span_shows_the_prefix_when_the_rank_exc
         config = CausalAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=2))
         recs[rank] = CausalLMAttack(model, bpe, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
     assert recs[64].method == "span" and REVIEWS[0].startswith(recs[64].reconstruction)
-    assert recs[64].reconstruction == REVIEWS[0][:-2] and not recs[64].certified   # the last token is not shared
+    assert recs[64].reconstruction == REVIEWS[0][:-2] and not recs[64].certified  # the last token is not shared
     assert recs[8].method == "dlg" and "more inputs fed it than its 8 dimensions" in caplog.text
