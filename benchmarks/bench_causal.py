@@ -4,7 +4,7 @@ setting, which reports its own peak RSS), Hungarian pairing inside a batch. One 
 batch size, method) to `benchmarks/results/causal.jsonl`.
 
     .venv/bin/python benchmarks/bench_causal.py --architecture gpt2 --batch-sizes 1 8 [--batches 8 2] \
-        [--methods span dlg] [--max-evals 300] [--offset 0]
+        [--methods span dlg] [--max-evals 300] [--offset 0] [--lora-rank R]
 """
 
 from __future__ import annotations
@@ -64,13 +64,15 @@ def run_setting(args: argparse.Namespace, batch_size: int, batches: int, work: P
     sentences = realtext.reviews(batch_size * batches, start=args.offset)
     folder = work / f"b{batch_size}"
     (work / f"b{batch_size}.txt").write_text("\n".join(sentences) + "\n")
+    lora = ["--lora-rank", str(args.lora_rank)] if args.lora_rank else []
     subprocess.run([sys.executable, "-m", "nlp_dlg.cli", "-q", "capture", "--task", "causal-lm", "--architecture",
                     args.architecture, "--input", str(work / f"b{batch_size}.txt"), "--batch-size", str(batch_size),
-                    "--out", str(folder)], check=True)
+                    *lora, "--out", str(folder)], check=True)
     for method in args.methods:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             rows, seconds, peak = pool.submit(attack, str(folder), method, args.max_evals).result()
-        row = {"architecture": args.architecture, "batch_size": batch_size, "batches": batches, "method": method,
+        row = {"architecture": args.architecture, "lora_rank": args.lora_rank, "batch_size": batch_size,
+               "batches": batches, "method": method,
                "sentences": len(sentences), "data": f"Rotten Tomatoes reviews {args.offset}-"
                                                     f"{args.offset + len(sentences) - 1} (8-24 words)",
                **score(rows, sentences, batch_size), "certified": sum(bool(r.get("certified")) for r in rows),
@@ -88,6 +90,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["span"], choices=["span", "dlg"])
     ap.add_argument("--max-evals", type=int, default=300)
     ap.add_argument("--offset", type=int, default=0, help="first review used")
+    ap.add_argument("--lora-rank", type=int, default=None, help="the client fine-tunes LoRA adapters of this rank")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "causal.jsonl")
     args = ap.parse_args()
     batches = args.batches or [8 if b == 1 else 1 for b in args.batch_sizes]

@@ -85,6 +85,15 @@ SECTIONS = (
             "--methods X --batch-sizes B [--limit N] [--max-evals E]", METHOD_COLS),
     Section("methods_previous.jsonl", "Text: rows the current code superseded",
             "as above, before the pair-filter change and peeling", "as above", METHOD_COLS),
+    Section("causal.jsonl", "Text: causal-LM fine-tuning (GPT-2 and LLaMA families), the exact span method",
+            "decoders at random init with the shipped 8,192-token BPE (GPT-2: 12 layers x 768, 92M parameters with "
+            "this vocabulary; LLaMA: 8 layers x 512); held-out Rotten Tomatoes reviews of 8-24 words "
+            "(`benchmarks/realtext.py`), captured by `nlp-dlg capture --task causal-lm` in one process, attacked "
+            "from the files in another", "python benchmarks/bench_causal.py --architecture A --batch-sizes B",
+            (DATE, Col("family", "architecture"), Col("LoRA rank", "lora_rank"), Col("batch", "batch_size"),
+             Col("method", "method"), Col("token acc.", "token_accuracy", ".3f"), Col("ROUGE-1", "rouge1", ".3f"),
+             Col("exact", _frac("exact", "sentences")), Col("certified", _frac("certified", "sentences")),
+             Col("s/batch", "seconds_per_batch", ".1f"), Col("peak GiB", "peak_rss_gib", ".2f"))),
     Section("recovery.jsonl", "Text: `dlg` (the paper's matching) per sentence, evaluations to recovery",
             f"BERT-base random init, batch 1, {HELD}, defaults (L-BFGS lr 1.0, cosine schedule, priors)",
             "python benchmarks/bench_recovery.py [--limit N] [--start N]",
@@ -224,9 +233,20 @@ def _vision_line() -> list[str] | None:
             f"{r['date']}, `vision.jsonl`"]
 
 
+def _causal_line(architecture: str, label: str, batch: int) -> list[str] | None:
+    r = _latest("causal.jsonl", architecture=architecture, method="span", batch_size=batch, lora_rank=None)
+    if r is None:
+        return None
+    return [f"{label}, causal LM, batch {batch}, `span`", f"token accuracy {r['token_accuracy']:.3f}, ROUGE-1 "
+            f"{r['rouge1']:.3f}, {r['exact']}/{r['sentences']} exact, {r['seconds_per_batch']:.1f} s per batch",
+            f"{r['date']}, `causal.jsonl`"]
+
+
 def headline_md() -> str:
-    lines = [_method_line("random", "BERT-base random init", b) for b in (1, 8, 16)]
-    lines += [_method_line("minilm", "pretrained MiniLM encoder", b) for b in (1, 4, 8)]
+    lines = [_method_line("random", "BERT-base random init", b) for b in (1, 16)]
+    lines += [_causal_line("gpt2", "GPT-2 random init", b) for b in (1, 8, 32, 128)]
+    lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
+    lines += [_method_line("minilm", "pretrained MiniLM encoder", b) for b in (4, 8)]
     lines += [_recovery_line(), _vision_line()]
     body = "\n".join("| " + " | ".join(cells) + " |" for cells in lines if cells)
     return (f"{BEGIN}\n| setting | measured | when, file |\n|---|---|---|\n{body}\n\nAll numbers, with their "

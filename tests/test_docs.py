@@ -48,7 +48,8 @@ def test_the_readme_is_short_and_starts_with_the_two_commands():
     assert "| BERT-base random init, masked-LM, batch 1, `span` |" in readme
 
 
-@pytest.mark.parametrize("index, printed", [(0, "the quick brown fox jumps over the lazy dog."), (2, "6 ")])
+@pytest.mark.parametrize("index, printed", [(0, "the quick brown fox jumps over the lazy dog."),
+                                            (1, "wooden acting , no plot . True"), (3, "6 ")])
 def test_the_readme_python_examples_run(index, printed):
     """The text example is also the suite's check that `dlg` recovers a sentence exactly on a tiny BERT."""
     block = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)[index]

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 RESIDUAL_MAX = 1e-3        # relative distance to a span below which an input counts as inside it
 CERTIFY_MAX = 1e-4         # cosine distance between the guess's gradient and the observed one
-MAX_FRONTIER = 4096        # prefixes kept per position (the nearest to the span)
+MAX_FRONTIER = 4096        # more extensions passing at one position: layer 1 does not separate the batch
 CHUNK = 1024               # candidate tokens per forward pass
 
 
@@ -94,8 +94,14 @@ def grow_prefixes(layers: DecoderLayers, span: Span, candidates: Sequence[torch.
             kept += [(float(res[f, c]), prefix + [int(cands[c])]) for f, prefix in enumerate(group)
                      for c in (res[f] < RESIDUAL_MAX).nonzero().flatten().tolist()]
         extended = {tuple(prefix[:-1]) for _, prefix in kept}
+        logger.debug("position %d: %d prefix(es) x %d candidate(s) -> %d kept", len(frontier[0]), len(frontier),
+                     len(cands), len(kept))
+        if len(kept) > MAX_FRONTIER:
+            raise SpanUnavailable(f"layer 1 does not separate the batch: {len(kept)} extensions fit its span at "
+                                  f"position {len(frontier[0])} (rank {span.rank} of {x.shape[-1]}: about as many "
+                                  "tokens as dimensions)")
         complete += [prefix for prefix in frontier if prefix and tuple(prefix) not in extended]
-        frontier = [prefix for _, prefix in sorted(kept, key=lambda k: k[0])[:MAX_FRONTIER]]
+        frontier = [prefix for _, prefix in sorted(kept, key=lambda k: k[0])]
         if not frontier:
             break
     complete += [prefix for prefix in frontier if prefix]
