@@ -4,7 +4,7 @@ setting, which reports its own peak RSS), Hungarian pairing inside a batch. One 
 batch size, method) to `benchmarks/results/causal.jsonl`.
 
     .venv/bin/python benchmarks/bench_causal.py --architecture gpt2 --batch-sizes 1 8 [--batches 8 2] \
-        [--methods span dlg] [--max-evals 300] [--offset 0] [--lora-rank R]
+        [--methods span dlg] [--max-evals 300] [--offset 0] [--lora-rank R] [--max-words 24]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def score(rows: list[dict], sentences: list[str], batch_size: int) -> dict:
 
 
 def run_setting(args: argparse.Namespace, batch_size: int, batches: int, work: Path) -> None:
-    sentences = realtext.reviews(batch_size * batches, start=args.offset)
+    sentences = realtext.reviews(batch_size * batches, start=args.offset, max_words=args.max_words)
     folder = work / f"b{batch_size}"
     (work / f"b{batch_size}.txt").write_text("\n".join(sentences) + "\n")
     lora = ["--lora-rank", str(args.lora_rank)] if args.lora_rank else []
@@ -74,7 +74,7 @@ def run_setting(args: argparse.Namespace, batch_size: int, batches: int, work: P
         row = {"architecture": args.architecture, "lora_rank": args.lora_rank, "batch_size": batch_size,
                "batches": batches, "method": method,
                "sentences": len(sentences), "data": f"Rotten Tomatoes reviews {args.offset}-"
-                                                    f"{args.offset + len(sentences) - 1} (8-24 words)",
+                                                    f"{args.offset + len(sentences) - 1} (8-{args.max_words} words)",
                **score(rows, sentences, batch_size), "certified": sum(bool(r.get("certified")) for r in rows),
                "seconds_per_batch": round(seconds / batches, 1), "peak_rss_gib": round(peak, 2),
                "max_evals": args.max_evals}
@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["span"], choices=["span", "dlg"])
     ap.add_argument("--max-evals", type=int, default=300)
     ap.add_argument("--offset", type=int, default=0, help="first review used")
+    ap.add_argument("--max-words", type=int, default=24, help="longest review used, in words")
     ap.add_argument("--lora-rank", type=int, default=None, help="the client fine-tunes LoRA adapters of this rank")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "causal.jsonl")
     args = ap.parse_args()
