@@ -75,6 +75,7 @@ def run_setting(args: argparse.Namespace, batch_size: int, batches: int, work: P
                "batches": batches, "method": method,
                "sentences": len(sentences), "data": f"Rotten Tomatoes reviews {args.offset}-"
                                                     f"{args.offset + len(sentences) - 1} (8-{args.max_words} words)",
+               "attacks_run": sorted({r["method"] for r in rows}),    # span falls back to dlg where it cannot work
                **score(rows, sentences, batch_size), "certified": sum(bool(r.get("certified")) for r in rows),
                "seconds_per_batch": round(seconds / batches, 1), "peak_rss_gib": round(peak, 2),
                "max_evals": args.max_evals}

@@ -87,13 +87,17 @@ SECTIONS = (
             "as above, before the pair-filter change and peeling", "as above", METHOD_COLS),
     Section("causal.jsonl", "Text: causal-LM fine-tuning (GPT-2 and LLaMA families), the exact span method",
             "decoders at random init with the shipped 8,192-token BPE (GPT-2: 12 layers x 768, 92M parameters with "
-            "this vocabulary; LLaMA: 8 layers x 512); held-out Rotten Tomatoes reviews of 8-24 words "
-            "(`benchmarks/realtext.py`), captured by `nlp-dlg capture --task causal-lm` in one process, attacked "
-            "from the files in another", "python benchmarks/bench_causal.py --architecture A --batch-sizes B",
+            "this vocabulary; LLaMA: 8 layers x 512); held-out Rotten Tomatoes reviews (`benchmarks/realtext.py`), "
+            "captured by `nlp-dlg capture --task causal-lm` in one process, attacked from the files in another; "
+            "`span` falls back to `dlg` (at most `eval cap` evaluations) where the span test cannot work (`ran` "
+            "says which ran, in rows that record it)",
+            "python benchmarks/bench_causal.py --architecture A --batch-sizes B",
             (DATE, Col("family", "architecture"), Col("LoRA rank", "lora_rank"), Col("batch", "batch_size"),
-             Col("method", "method"), Col("token acc.", "token_accuracy", ".3f"), Col("ROUGE-1", "rouge1", ".3f"),
-             Col("exact", _frac("exact", "sentences")), Col("certified", _frac("certified", "sentences")),
-             Col("s/batch", "seconds_per_batch", ".1f"), Col("peak GiB", "peak_rss_gib", ".2f"))),
+             Col("method", "method"), Col("ran", lambda r: ", ".join(r["attacks_run"]) if "attacks_run" in r else None),
+             Col("eval cap", "max_evals"), Col("data", "data"), Col("token acc.", "token_accuracy", ".3f"),
+             Col("ROUGE-1", "rouge1", ".3f"), Col("exact", _frac("exact", "sentences")),
+             Col("certified", _frac("certified", "sentences")), Col("s/batch", "seconds_per_batch", ".1f"),
+             Col("peak GiB", "peak_rss_gib", ".2f"))),
     Section("recovery.jsonl", "Text: `dlg` (the paper's matching) per sentence, evaluations to recovery",
             f"BERT-base random init, batch 1, {HELD}, defaults (L-BFGS lr 1.0, cosine schedule, priors)",
             "python benchmarks/bench_recovery.py [--limit N] [--start N]",
