@@ -217,9 +217,13 @@ def _task_of(args: argparse.Namespace) -> str:
     """The task to attack: the first gradient file's (read from its header alone), else ``--task``."""
     if args.gradients is None:
         return args.task
+    from nlp_dlg.engine.errors import NlpDlgError
     from nlp_dlg.engine.observation import find_gradient_files, read_metadata
 
-    meta = read_metadata(find_gradient_files(args.gradients)[0])
+    try:
+        meta = read_metadata(find_gradient_files(args.gradients)[0])
+    except NlpDlgError:       # the pipeline refuses the folder or file with the same one line
+        return args.task
     task = meta.get("task") if isinstance(meta, dict) else None
     return task if task in TASKS else "masked-lm"     # anything else is refused, in one line, by the pipeline
 
