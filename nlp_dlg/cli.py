@@ -102,7 +102,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return task_parser("nlp-dlg", "Deep Leakage from Gradients for BERT masked-LM.", "sentences",
+    return task_parser("nlp-dlg", "Deep Leakage from Gradients for language models: BERT masked-LM and causal LMs "
+                       "(GPT-2, LLaMA, LoRA).", "sentences",
                        _add_victim_options, _add_attack_options)[0]
 
 

@@ -29,11 +29,13 @@ class CausalLMTask(PlacedModel):
 
     Args:
         config: the attack's options.
-        model, tokenizer: the in-process victim's (else built or loaded from the first file by :meth:`prepare`).
+        model: the in-process victim's decoder (else built or loaded from the first file by :meth:`prepare`).
+        tokenizer: its tokenizer, likewise.
         name_or_path: the checkpoint a file names, when it names one (a path in a file is never followed).
         tokenizer_name: the tokenizer (default: ``name_or_path``'s, else the shipped BPE).
         verify: compare the weights' checksum with the file's.
-        device: where the attack runs. echo: where progress lines go.
+        device: where the attack runs.
+        echo: where progress lines go.
         report_dir: a plot and a page of the decoded text per logged step, per batch (None: none).
     """
 
