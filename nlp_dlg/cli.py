@@ -31,7 +31,7 @@ from nlp_dlg.text.config import METHODS, CaptureConfig, TextAttackConfig
 
 CAPTURE, ATTACK, CAUSAL = CaptureConfig(), TextAttackConfig(), CausalAttackConfig()
 DATA_OPTIONS = ("--text", "--input")
-TASKS = ("masked-lm", "causal-lm")
+TASKS = ("masked-lm", "causal-lm", "classification")
 ARCHITECTURES = ("gpt2", "llama")     # nlp_dlg.causal.model.ARCHITECTURES (that module imports transformers)
 
 
@@ -42,9 +42,15 @@ def _add_victim_options(p: argparse.ArgumentParser) -> None:
                      help="sentences: .txt (one per line), or .csv/.json/.jsonl/.parquet with --column")
     src.add_argument("--column", help="text column of a table input (default: 'text' or the only string column)")
     src.add_argument("--task", choices=TASKS, default="masked-lm",
-                     help="the loss the client trains: masked-lm (BERT's masking) or causal-lm (next-token, a "
-                          "decoder; padding ignored); recorded in the file, which the attacker reads "
+                     help="the loss the client trains: masked-lm (BERT's masking), causal-lm (next-token, a "
+                          "decoder; padding ignored) or classification (a BERT-family encoder's sequence classifier; "
+                          "labels from --label or --label-column); recorded in the file, which the attacker reads "
                           "(default: masked-lm)")
+    src.add_argument("--num-labels", type=positive_int, default=2, metavar="K",
+                     help="classification: the number of classes (default: 2)")
+    src.add_argument("--label", type=int, action="append", metavar="Y",
+                     help="classification: the label of each --text, in order (repeatable)")
+    src.add_argument("--label-column", metavar="NAME", help="classification: the label column of a table --input")
     add_victim_options(src)
     src.add_argument("--mlm-probability", type=probability, default=CAPTURE.mlm_probability,
                      help=f"fraction of tokens selected for masked-LM, 80/10/10 masking "
@@ -169,11 +175,51 @@ def _causal_victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
         model_info=model_metadata(model, spec, lora), tokenizer_name=tok_name, train_mode=args.train_mode)
 
 
+def _labelled(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    from nlp_dlg.engine.errors import InputDataError
+    from nlp_dlg.text.data import read_labelled
+
+    if args.input is not None and args.label_column:
+        return read_labelled(args.input, column=args.column, label_column=args.label_column)
+    sentences = _sentences(args)
+    if not args.label or len(args.label) != len(sentences):
+        raise InputDataError(f"classification: expected one --label per sentence ({len(sentences)}), got "
+                             f"{len(args.label or [])} (or a table --input with --label-column)")
+    return sentences, list(args.label)
+
+
+def _classification_victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
+    """The classification client: a BERT-family encoder with a fresh head, labelled sentences, one gradient per
+    batch."""
+    from nlp_dlg.engine.errors import ConfigError
+
+    for flag, given in (("--defense", args.defense), ("--world-size", args.world_size > 1),
+                        ("--local-lr", args.local_lr), ("--lora-rank", args.lora_rank is not None)):
+        if given:
+            raise ConfigError(f"{flag} is not available with --task classification yet")
+    sentences, labels = _labelled(args)
+    from nlp_dlg.classify.model import ClassifierSpec, load_classifier, model_metadata
+    from nlp_dlg.classify.victim import capture_classification
+    from nlp_dlg.engine.device import resolve_device
+    from nlp_dlg.text.model import holds_tokenizer, load_tokenizer
+
+    set_threads(args.threads)
+    spec = ClassifierSpec(args.model, args.seed, _overrides(args), args.num_labels)
+    tok_name = args.tokenizer or (args.model if holds_tokenizer(args.model) else None)
+    tokenizer = load_tokenizer(tok_name)
+    model = load_classifier(spec).to(resolve_device(args.device))
+    return {"model": model, "tokenizer": tokenizer}, capture_classification(
+        model, tokenizer, sentences, labels, batch_size=args.batch_size, max_length=args.max_length,
+        model_info=model_metadata(model, spec), tokenizer_name=tok_name)
+
+
 def _victim(args: argparse.Namespace) -> tuple[dict[str, Any], list]:
     """What the attack adopts of the victim (its model, on ``--device``, and tokenizer) and the captured
     (observation, truth) pairs for the victim options."""
     if args.task == "causal-lm":
         return _causal_victim(args)
+    if args.task == "classification":
+        return _classification_victim(args)
     if args.lora_rank is not None:
         from nlp_dlg.engine.errors import ConfigError
 
@@ -230,7 +276,15 @@ def _task_of(args: argparse.Namespace) -> str:
 
 
 def _task(args: argparse.Namespace, *, device: Any) -> Any:
-    if _task_of(args) == "causal-lm":
+    task = _task_of(args)
+    if task == "classification":
+        from nlp_dlg.classify.runner import ClassificationTask
+
+        config = CausalAttackConfig(method=args.method, log_every=args.log_every,
+                                    matching=matching_config(args, CAUSAL.matching))
+        return ClassificationTask(config, name_or_path=args.model, tokenizer_name=args.tokenizer,
+                                  verify=not args.no_verify, device=device)
+    if task == "causal-lm":
         from nlp_dlg.causal.runner import CausalLMTask
 
         config = CausalAttackConfig(method=args.method, use_priors=not args.no_priors, log_every=args.log_every,

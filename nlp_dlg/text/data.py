@@ -58,3 +58,23 @@ def _read_table(path: Path, kind: str, column: str | None) -> list[str]:
     if column not in names:
         raise InputDataError(f"{path}: no column {column!r}; the file has columns {names}")
     return [str(v).strip() for v in table[column] if v is not None]
+
+
+def read_labelled(path: str | Path, *, column: str | None = None, label_column: str) -> tuple[list[str], list[int]]:
+    """Sentences and their integer labels from a csv/json/jsonl/parquet table (rows with an empty text dropped)."""
+    path = Path(path)
+    kind = _DATASET_KINDS.get(path.suffix.lower())
+    if kind is None or not path.is_file():
+        raise InputDataError(f"{path}: --label-column needs an existing csv/json/jsonl/parquet table")
+    texts = _read_table(path, kind, column)
+    raw = _read_table(path, kind, label_column)
+    if len(raw) != len(texts):
+        raise InputDataError(f"{path}: column {label_column!r} has {len(raw)} values for {len(texts)} texts")
+    try:
+        labels = [int(float(v)) for v in raw]
+    except ValueError:
+        raise InputDataError(f"{path}: column {label_column!r}: expected integer labels") from None
+    kept = [(t, y) for t, y in zip(texts, labels) if t]
+    if not kept:
+        raise InputDataError(f"{path}: holds no sentence")
+    return [t for t, _ in kept], [y for _, y in kept]

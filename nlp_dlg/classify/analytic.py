@@ -1,0 +1,107 @@
+"""Exact text and labels from a classification gradient on a BERT-family encoder.
+
+* **Tokens and sentences** as for masked-LM (:mod:`nlp_dlg.text.analytic`): the sequence length from the rows of
+  the position-embedding gradient, the batch's tokens from the rows of the word-embedding gradient (with no
+  tied decoder it has an input side only), the first attention layer's span per position, and for a batch the
+  second layer's span to assemble sentences.
+* **Labels.** The classifier ``z = W c + b`` on the pooled states ``c_b``: ``∂L/∂W = Σ_b (p_b − e_{y_b}) c_bᵀ / B``.
+  With the sentences known, a forward pass gives every ``p_b`` and ``c_b``; ``B ∂L/∂W − Σ_b p_b c_bᵀ =
+  −Σ_b e_{y_b} c_bᵀ`` gives each label by least squares.
+* **Certificate.** The guess's own gradient is compared with the observed one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nlp_dlg.classify.victim import classification_gradient
+from nlp_dlg.engine.distance import gradient_distance
+from nlp_dlg.engine.span import SpanUnavailable
+from nlp_dlg.text.analytic import attention_input_span, position_candidates, search_sentences
+from nlp_dlg.text.priors import parameter_name, sequence_length
+
+logger = logging.getLogger(__name__)
+CERTIFY_MAX = 1e-4
+
+
+@dataclass(frozen=True)
+class LabelledGuess:
+    """Recovered sentences (token ids, unpadded), their labels, and the certificate."""
+
+    sequences: list[list[int]]
+    labels: list[int]
+    certified: bool
+    distance: float
+
+
+def batch_tokens(gradients: Mapping[str, torch.Tensor], model: Any) -> tuple[int, torch.Tensor]:
+    """The sequence length and the token ids of the batch (non-zero rows of the embedding gradients)."""
+    emb = model.bert.embeddings
+    length = sequence_length(gradients[parameter_name(model, emb.position_embeddings.weight)])
+    rows = gradients[parameter_name(model, emb.word_embeddings.weight)].double().norm(dim=1)
+    tokens = (rows > 1e-9 * float(rows.max())).nonzero().flatten()
+    return length, tokens.to(emb.word_embeddings.weight.device)
+
+
+def sentences_of(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tensor], batch_size: int,
+                 generator: torch.Generator) -> list[list[int]]:
+    """The batch's sentences from the attention spans (the nearest token per position for one sentence)."""
+    length, tokens = batch_tokens(gradients, model)
+    span1 = attention_input_span(gradients, model, 0, batch_size * length)
+    candidates = position_candidates(model, span1, tokens, length)
+    logger.info("span check: rank %d; candidates per position %s", span1.rank, [len(c) for c in candidates])
+    if batch_size == 1:
+        if any(len(c) == 0 for c in candidates):
+            raise SpanUnavailable("a position has no candidate token")
+        return [[int(c[0]) for c in candidates]]
+    span2 = attention_input_span(gradients, model, 1, batch_size * length)
+    found = search_sentences(model, span2, candidates, batch_size, cls_id=tokenizer.cls_token_id,
+                             sep_id=tokenizer.sep_token_id, generator=generator).result()
+    if not found:
+        raise SpanUnavailable("no sentence fits the attention spans")
+    return [list(s.token_ids) for s in found]
+
+
+def _padded(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(sequences):
+        ids[b, :len(s)], mask[b, :len(s)] = torch.tensor(s, device=device), 1
+    return ids, mask
+
+
+def labels_of(model: Any, gradients: Mapping[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    """Each sentence's label from the classifier's weight gradient, the sentences known."""
+    head = model.classifier
+    name = parameter_name(model, head.weight)
+    pooled: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda m, args: pooled.append(args[0]))
+    try:
+        with torch.no_grad():
+            p = model(input_ids=ids, attention_mask=mask).logits.double().softmax(-1)        # (B, K)
+    finally:
+        hook.remove()
+    c = pooled[0].double()                                                                # (B, H)
+    r = len(ids) * gradients[name].double() - p.T @ c                                     # (K, H) = −E C
+    e = -r @ torch.linalg.pinv(c)                                                         # (K, B)
+    return [int(y) for y in e.argmax(0)]
+
+
+def recover(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tensor], *, batch_size: int,
+            generator: torch.Generator) -> LabelledGuess:
+    """Sentences, labels and the certificate of one classification gradient."""
+    sequences = sentences_of(model, tokenizer, gradients, batch_size, generator)
+    ids, mask = _padded(sequences, tokenizer.pad_token_id, model.get_input_embeddings().weight.device)
+    labels = labels_of(model, gradients, ids, mask)
+    guess = classification_gradient(model, ids, mask, torch.tensor(labels))
+    names = [n for n in gradients if n in guess]
+    distance = float(gradient_distance([guess[n] for n in names], [gradients[n] for n in names], "cosine"))
+    logger.info("labels %s; guess's gradient at cosine distance %.3g (%s)", labels, distance,
+                "certified" if distance < CERTIFY_MAX else "not certified")
+    return LabelledGuess(sequences, labels, distance < CERTIFY_MAX, distance)
