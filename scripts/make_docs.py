@@ -98,6 +98,16 @@ SECTIONS = (
              Col("ROUGE-1", "rouge1", ".3f"), Col("exact", _frac("exact", "sentences")),
              Col("certified", _frac("certified", "sentences")), Col("s/batch", "seconds_per_batch", ".1f"),
              Col("peak GiB", "peak_rss_gib", ".2f"))),
+    Section("classify.jsonl", "Text: sequence classification on a pretrained encoder, the exact span method",
+            "the pretrained all-MiniLM-L6-v2 encoder with a fresh 2-label head (where fine-tuning starts); held-out "
+            "Rotten Tomatoes reviews with their fresh/rotten labels, captured by `nlp-dlg capture --task "
+            "classification` in one process, attacked from the files in another",
+            "python benchmarks/bench_classify.py --batch-sizes B",
+            (DATE, Col("batch", "batch_size"), Col("method", "method"),
+             Col("ran", lambda r: ", ".join(r["attacks_run"])),
+             Col("token acc.", "token_accuracy", ".3f"), Col("ROUGE-1", "rouge1", ".3f"),
+             Col("exact", _frac("exact", "sentences")), Col("labels", _frac("labels_right", "sentences")),
+             Col("s/batch", "seconds_per_batch", ".1f"), Col("peak GiB", "peak_rss_gib", ".2f"))),
     Section("recovery.jsonl", "Text: `dlg` (the paper's matching) per sentence, evaluations to recovery",
             f"BERT-base random init, batch 1, {HELD}, defaults (L-BFGS lr 1.0, cosine schedule, priors)",
             "python benchmarks/bench_recovery.py [--limit N] [--start N]",
@@ -246,11 +256,22 @@ def _causal_line(architecture: str, label: str, batch: int) -> list[str] | None:
             f"{r['date']}, `causal.jsonl`"]
 
 
+def _classify_line(batch: int) -> list[str] | None:
+    r = _latest("classify.jsonl", method="span", batch_size=batch)
+    if r is None:
+        return None
+    return [f"pretrained MiniLM + fresh head, classification, batch {batch}, `span`",
+            f"token accuracy {r['token_accuracy']:.3f}, ROUGE-1 {r['rouge1']:.3f}, {r['exact']}/{r['sentences']} "
+            f"exact, labels {r['labels_right']}/{r['sentences']}, {r['seconds_per_batch']:.1f} s per batch",
+            f"{r['date']}, `classify.jsonl`"]
+
+
 def headline_md() -> str:
     lines = [_method_line("random", "BERT-base random init", b) for b in (1, 16)]
     lines += [_causal_line("gpt2", "GPT-2 random init", b) for b in (1, 8, 32)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
     lines += [_method_line("minilm", "pretrained MiniLM encoder", 8)]
+    lines += [_classify_line(b) for b in (1, 8)]
     lines += [_recovery_line(), _vision_line()]
     body = "\n".join("| " + " | ".join(cells) + " |" for cells in lines if cells)
     return (f"{BEGIN}\n| setting | measured | when, file |\n|---|---|---|\n{body}\n\nAll numbers, with their "
