@@ -270,7 +270,6 @@ def headline_md() -> str:
     lines = [_method_line("random", "BERT-base random init", b) for b in (1, 16)]
     lines += [_causal_line("gpt2", "GPT-2 random init", b) for b in (1, 8, 32)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
-    lines += [_method_line("minilm", "pretrained MiniLM encoder", 8)]
     lines += [_classify_line(b) for b in (1, 8)]
     lines += [_recovery_line(), _vision_line()]
     body = "\n".join("| " + " | ".join(cells) + " |" for cells in lines if cells)
