@@ -5,10 +5,8 @@ the decoded text reported at every logged step."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,53 +18,22 @@ from nlp_dlg.causal.plugin import CausalLMPlugin
 from nlp_dlg.causal.task import decode_text
 from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
 from nlp_dlg.engine.span import SpanUnavailable
+from nlp_dlg.text.steps import Reconstruction, TextStep
 
 logger = logging.getLogger(__name__)
 FALLBACK_LENGTH = 16     # dlg's sequence length where the span cannot give it
-
-
-@dataclass(frozen=True)
-class CausalStep:
-    """What a callback sees at a logged step: the engine's record and the decoded text."""
-
-    record: StepRecord
-    texts: tuple[str, ...]
-    token_ids: torch.Tensor       # (B, T)
-
-
-@dataclass(frozen=True)
-class CausalReconstruction:
-    """One reconstructed sequence and how it was found."""
-
-    batch: int
-    index: int
-    token_ids: tuple[int, ...]
-    reconstruction: str
-    distance: float
-    steps: int
-    evaluations: int
-    seconds: float
-    method: str
-    interrupted: bool = False
-    certified: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"batch": self.batch, "index": self.index, "reconstruction": self.reconstruction,
-                "token_ids": list(self.token_ids), "distance": self.distance if math.isfinite(self.distance) else None,
-                "steps": self.steps, "gradient_evaluations": self.evaluations, "seconds": round(self.seconds, 3),
-                "method": self.method, "interrupted": self.interrupted, "certified": self.certified}
 
 
 class CausalLMAttack:
     """Attack one causal-LM gradient observation with ``model`` (the weights it was computed on)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, config: CausalAttackConfig | None = None, *,
-                 callbacks: Sequence[Callable[[CausalStep], bool | None]] = ()) -> None:
+                 callbacks: Sequence[Callable[[TextStep], bool | None]] = ()) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.config = config or CausalAttackConfig()
         self.callbacks = tuple(callbacks)
 
-    def attack(self, observation: Any, *, generator: torch.Generator, batch: int = 0) -> list[CausalReconstruction]:
+    def attack(self, observation: Any, *, generator: torch.Generator, batch: int = 0) -> list[Reconstruction]:
         grads = observation.to(self.model.get_input_embeddings().weight.device).gradients
         size = int(observation.metadata.get("batch_size", 1))
         if self.config.method == "span":
@@ -79,7 +46,7 @@ class CausalLMAttack:
                                exc)
             else:
                 seconds = time.perf_counter() - started
-                return [CausalReconstruction(batch, i, tuple(s), decode_text(self.tokenizer, s), guess.distance, 0, 0,
+                return [Reconstruction(batch, i, tuple(s), decode_text(self.tokenizer, s), guess.distance, 0, 0,
                                              seconds, "span", certified=guess.certified)
                         for i, s in enumerate(guess.sequences)]
         return self._matched(grads, size, generator, batch)
@@ -101,13 +68,13 @@ class CausalLMAttack:
         found = token_candidates(layers, span, max_positions=length)
         return length, torch.unique(torch.cat(found)).cpu() if found else every
 
-    def _matched(self, grads: Any, size: int, generator: torch.Generator, batch: int) -> list[CausalReconstruction]:
+    def _matched(self, grads: Any, size: int, generator: torch.Generator, batch: int) -> list[Reconstruction]:
         length, candidates = self._shape(grads, size)
         plugin = CausalLMPlugin(self.model, batch_size=size, length=length, candidates=candidates)
         matcher = GradientMatcher(plugin, self.config.matching, callbacks=[self._on_step(plugin)])
         result = matcher.run(grads, generator=generator)
         ids = plugin.decode(result.leaves)
-        return [CausalReconstruction(batch, i, tuple(row.tolist()), decode_text(self.tokenizer, row.tolist()),
+        return [Reconstruction(batch, i, tuple(row.tolist()), decode_text(self.tokenizer, row.tolist()),
                                      result.distance, result.steps, result.evaluations, result.seconds, "dlg",
                                      result.interrupted)
                 for i, row in enumerate(ids)]
@@ -119,7 +86,7 @@ class CausalLMAttack:
             if record.step % every and record.step != steps:
                 return False
             ids = plugin.decode(record.candidate)
-            event = CausalStep(record, tuple(decode_text(self.tokenizer, r.tolist()) for r in ids), ids)
+            event = TextStep(record, tuple(decode_text(self.tokenizer, r.tolist()) for r in ids), ids)
             return any([bool(cb(event)) for cb in self.callbacks])
         return on_step
 

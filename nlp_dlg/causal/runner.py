@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from nlp_dlg.causal.attack import CausalLMAttack, CausalStep
+from nlp_dlg.causal.attack import CausalLMAttack
 from nlp_dlg.causal.config import CausalAttackConfig
 from nlp_dlg.causal.model import DEFAULT_TOKENIZER, check_model_metadata, load_bpe_tokenizer, model_from_metadata
 from nlp_dlg.causal.task import TASK, decode_text
@@ -20,6 +20,7 @@ from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.pipeline import BatchOutcome, PlacedModel, Row
 from nlp_dlg.text.metrics import format_summary, score_batch
 from nlp_dlg.text.report import Trace, write_batch_report
+from nlp_dlg.text.steps import TextStep
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +94,8 @@ class CausalLMTask(PlacedModel):
             self.echo(f"batch {batch} [{row['index']}] -> {row['reconstruction']}")
         return BatchOutcome(rows, any(r.interrupted for r in recs))
 
-    def _progress(self, batch: int, trace: Trace) -> Callable[[CausalStep], bool]:
-        def report(step: CausalStep) -> bool:
+    def _progress(self, batch: int, trace: Trace) -> Callable[[TextStep], bool]:
+        def report(step: TextStep) -> bool:
             r = step.record
             trace.add(str(r.step), r.evaluations, r.distance, step.token_ids.tolist())
             lines = "\n".join(f"  [{i}] {t}" for i, t in enumerate(step.texts))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from nlp_dlg.text.analytic import (
 from nlp_dlg.text.config import METHODS, TextAttackConfig
 from nlp_dlg.text.plugin import MaskedLMPlugin
 from nlp_dlg.text.priors import MaskedLMPriors, infer_priors
+from nlp_dlg.text.steps import Reconstruction, TextCallback, TextStep
 from nlp_dlg.text.task import TASK, decode_text, masked_lm_gradient
 
 __all__ = ["METHODS", "AnalyticGuess", "MaskedLMAttack", "Reconstruction", "TextAttackConfig", "TextCallback",
@@ -57,48 +57,6 @@ T = TypeVar("T")
 CERTIFY_DISTANCE = 1e-4  # cosine distance between the guess's own gradient and the observed one: exact
 PEEL_ROUNDING = 1e-5     # a peeled entry this small against the terms it was summed from is rounding: zero
 NEAREST_MARGIN = 2.0     # an inexact one-sentence guess stands when each position's nearest token is this much nearer
-
-
-@dataclass(frozen=True)
-class TextStep:
-    """What a text callback sees: the engine's step record and the decoded candidate."""
-
-    record: StepRecord
-    texts: tuple[str, ...]      # plain text per sequence
-    token_ids: torch.Tensor     # (B, T) decoded token ids
-
-
-TextCallback = Callable[[TextStep], "bool | None"]
-"""Called every ``log_every`` steps; returning True stops the restart."""
-
-
-@dataclass(frozen=True)
-class Reconstruction:
-    """One reconstructed sequence (``distance``: the final gradient distance; ``steps``: optimizer steps;
-    ``evaluations``: gradient evaluations)."""
-
-    batch: int
-    index: int
-    token_ids: tuple[int, ...]
-    reconstruction: str
-    distance: float
-    steps: int
-    evaluations: int
-    seconds: float
-    method: str
-    interrupted: bool = False
-    certified: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON-lines record (``token_ids``: the decoded ids, special tokens included, as scored;
-        ``steps`` are optimizer steps, ``gradient_evaluations`` closures;
-        ``certified``: the analytic checks found this sequence exactly, no matching was needed)."""
-        return {"batch": self.batch, "index": self.index, "reconstruction": self.reconstruction,
-                "token_ids": list(self.token_ids),
-                "distance": self.distance if math.isfinite(self.distance) else None, "steps": self.steps,
-                "gradient_evaluations": self.evaluations,
-                "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted,
-                "certified": self.certified}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""What every text attack reports, whatever its task: the decoded text at a logged step (:class:`TextStep`) and one
+reconstructed sequence with how it was found (:class:`Reconstruction`, a JSON-lines row)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nlp_dlg.engine.matcher import StepRecord
+
+
+@dataclass(frozen=True)
+class TextStep:
+    """What a text callback sees: the engine's step record and the decoded candidate."""
+
+    record: StepRecord
+    texts: tuple[str, ...]      # plain text per sequence
+    token_ids: torch.Tensor     # (B, T) decoded token ids
+
+
+TextCallback = Callable[[TextStep], "bool | None"]
+"""Called every ``log_every`` steps; returning True stops the restart."""
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """One reconstructed sequence (``distance``: the final gradient distance; ``steps``: optimizer steps;
+    ``evaluations``: gradient evaluations)."""
+
+    batch: int
+    index: int
+    token_ids: tuple[int, ...]
+    reconstruction: str
+    distance: float
+    steps: int
+    evaluations: int
+    seconds: float
+    method: str
+    interrupted: bool = False
+    certified: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-lines record (``token_ids``: the decoded ids, special tokens included, as scored;
+        ``steps`` are optimizer steps, ``gradient_evaluations`` closures;
+        ``certified``: the analytic checks found this sequence exactly, no matching was needed)."""
+        return {"batch": self.batch, "index": self.index, "reconstruction": self.reconstruction,
+                "token_ids": list(self.token_ids),
+                "distance": self.distance if math.isfinite(self.distance) else None, "steps": self.steps,
+                "gradient_evaluations": self.evaluations,
+                "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted,
+                "certified": self.certified}
