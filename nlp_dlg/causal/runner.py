@@ -17,15 +17,15 @@ from nlp_dlg.causal.model import DEFAULT_TOKENIZER, check_model_metadata, load_b
 from nlp_dlg.causal.task import TASK, decode_text
 from nlp_dlg.causal.victim import CausalBatch
 from nlp_dlg.engine.errors import ConfigError
-from nlp_dlg.pipeline import BatchOutcome, PlacedModel, Row
+from nlp_dlg.pipeline import BatchOutcome, Row
 from nlp_dlg.text.metrics import format_summary, score_batch
 from nlp_dlg.text.report import Trace, write_batch_report
-from nlp_dlg.text.steps import TextStep
+from nlp_dlg.text.steps import TextStep, TextTask
 
 logger = logging.getLogger(__name__)
 
 
-class CausalLMTask(PlacedModel):
+class CausalLMTask(TextTask):
     """Attack causal-LM gradients in the pipeline.
 
     Args:
@@ -52,9 +52,6 @@ class CausalLMTask(PlacedModel):
         self.echo, self.report_dir = echo or logger.info, report_dir
         self.place()
 
-    def adopt(self, model: Any, tokenizer: Any) -> None:
-        self.model, self.tokenizer = model, tokenizer
-        self.place()
 
     def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
         check_model_metadata(metadata, shapes)

@@ -18,15 +18,16 @@ from nlp_dlg.classify.plugin import ClassificationPlugin
 from nlp_dlg.classify.victim import TASK, LabelledBatch
 from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
 from nlp_dlg.engine.span import SpanUnavailable
-from nlp_dlg.pipeline import BatchOutcome, PlacedModel, Row
+from nlp_dlg.pipeline import BatchOutcome, Row
 from nlp_dlg.text.metrics import format_summary, score_batch
 from nlp_dlg.text.model import holds_tokenizer, load_tokenizer
+from nlp_dlg.text.steps import TextTask
 from nlp_dlg.text.task import decode_text
 
 logger = logging.getLogger(__name__)
 
 
-class ClassificationTask(PlacedModel):
+class ClassificationTask(TextTask):
     """Attack sequence-classification gradients (options as the causal task's: method, matching, log_every).
 
     Args:
@@ -47,9 +48,6 @@ class ClassificationTask(PlacedModel):
         self.echo = echo or logger.info
         self.place()
 
-    def adopt(self, model: Any, tokenizer: Any) -> None:
-        self.model, self.tokenizer = model, tokenizer
-        self.place()
 
     def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
         check_model_metadata(metadata, shapes)

@@ -14,8 +14,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from nlp_dlg.engine.errors import ConfigError
-from nlp_dlg.pipeline import BatchOutcome, PlacedModel, Row
-from nlp_dlg.text.attack import MaskedLMAttack, TextStep
+from nlp_dlg.pipeline import BatchOutcome, Row
+from nlp_dlg.text.attack import MaskedLMAttack
 from nlp_dlg.text.config import TextAttackConfig
 from nlp_dlg.text.metrics import format_summary, score_batch
 from nlp_dlg.text.model import (
@@ -26,13 +26,14 @@ from nlp_dlg.text.model import (
     model_from_metadata,
 )
 from nlp_dlg.text.report import Trace, write_batch_report
+from nlp_dlg.text.steps import TextStep, TextTask
 from nlp_dlg.text.task import TASK, decode_text
 from nlp_dlg.text.victim import VictimBatch
 
 logger = logging.getLogger(__name__)
 
 
-class MaskedLMTask(PlacedModel):
+class MaskedLMTask(TextTask):
     """Attack masked-LM gradients in the pipeline.
 
     Args:
@@ -77,10 +78,6 @@ class MaskedLMTask(PlacedModel):
         self.echo = echo or logger.info
         self.place()
 
-    def adopt(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Attack with the in-process victim's model and tokenizer (moved to the device, if one was given)."""
-        self.model, self.tokenizer = model, tokenizer
-        self.place()
 
     def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
         check_model_metadata(metadata, shapes)

@@ -1,5 +1,6 @@
-"""What every text attack reports, whatever its task: the decoded text at a logged step (:class:`TextStep`) and one
-reconstructed sequence with how it was found (:class:`Reconstruction`, a JSON-lines row)."""
+"""What every text task shares: the decoded text at a logged step (:class:`TextStep`), one reconstructed sequence
+with how it was found (:class:`Reconstruction`, a JSON-lines row), and the model-and-tokenizer base of the
+tasks in the pipeline (:class:`TextTask`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from nlp_dlg.engine.matcher import StepRecord
+from nlp_dlg.pipeline import PlacedModel
 
 
 @dataclass(frozen=True)
@@ -53,3 +55,15 @@ class Reconstruction:
                 "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "method": self.method, "interrupted": self.interrupted,
                 "certified": self.certified}
+
+
+class TextTask(PlacedModel):
+    """What the text tasks (masked-LM, causal-LM, classification) share in the pipeline: a model and its tokenizer,
+    built from the first file or adopted from an in-process victim, placed on the task's device."""
+
+    tokenizer: Any = None
+
+    def adopt(self, model: Any, tokenizer: Any) -> None:
+        """Attack with the in-process victim's model and tokenizer (moved to the device, if one was given)."""
+        self.model, self.tokenizer = model, tokenizer
+        self.place()
