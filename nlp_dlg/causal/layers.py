@@ -57,21 +57,24 @@ class DecoderLayers:
             raise ConfigError(f"{type(model).__name__}: no list of its {layers} blocks found")
         self.blocks = found[0]
         names = {m: n for n, m in model.named_modules()}
-        self.projections = [self._first_projections(block, names) for block in self.blocks[:2]]
+        seen: list[list[tuple[nn.Module, torch.Tensor]]] = [[], []]     # the calls in blocks 0 and 1, in order
+        self._probe([m.register_forward_pre_hook(lambda m, args, calls=calls: calls.append((m, args[0])))
+                     for block, calls in zip(self.blocks[:2], seen) for m in block.modules() if _is_projection(m)])
+        self.projections = [self._first_projections(calls, names) for calls in seen[:len(self.blocks[:2])]]
 
-    def _probe(self) -> torch.Tensor:
-        return torch.tensor([[0, 1]], device=self.model.get_input_embeddings().weight.device)
-
-    def _first_projections(self, block: nn.Module, names: Mapping[nn.Module, str]) -> list[Projection]:
-        seen: list[tuple[nn.Module, torch.Tensor]] = []
-        hooks = [m.register_forward_pre_hook(lambda m, args: seen.append((m, args[0])))
-                 for m in block.modules() if _is_projection(m)]
+    def _probe(self, hooks: list[Any]) -> None:
+        """One forward pass of a two-token probe with ``hooks`` in place (removed after)."""
+        probe = torch.tensor([[0, 1]], device=self.model.get_input_embeddings().weight.device)
         try:
             with torch.no_grad():
-                self.model(input_ids=self._probe(), attention_mask=torch.ones_like(self._probe()))
+                self.model(input_ids=probe, attention_mask=torch.ones_like(probe))
         finally:
             for h in hooks:
                 h.remove()
+
+    def _first_projections(self, seen: list[tuple[nn.Module, torch.Tensor]],
+                           names: Mapping[nn.Module, str]) -> list[Projection]:
+        """Of a block's projection calls ``seen`` in the probe: the first shared one, and those reading its input."""
         if self.shared is not None:           # only maps whose gradient the file holds, and not all zero
             seen = [(m, x) for m, x in seen if f"{names[m]}.weight" in self.shared]
         if not seen:
@@ -154,12 +157,7 @@ class DecoderLayers:
         hooks = [m.register_forward_hook(lambda m, a, out, n=n: outputs.append((n, out)))
                  for n, m in self.model.named_modules() if "norm" in type(m).__name__.lower()]
         hooks.append(self.model.get_output_embeddings().register_forward_pre_hook(lambda m, a: head_in.append(a[0])))
-        try:
-            with torch.no_grad():
-                self.model(input_ids=self._probe(), attention_mask=torch.ones_like(self._probe()))
-        finally:
-            for h in hooks:
-                h.remove()
+        self._probe(hooks)
         modules = dict(self.model.named_modules())
         for name, out in reversed(outputs):
             if out.shape == head_in[0].shape and torch.equal(out, head_in[0]):
