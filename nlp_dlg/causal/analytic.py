@@ -26,13 +26,13 @@ import torch
 
 from nlp_dlg.causal.layers import DecoderLayers
 from nlp_dlg.causal.task import causal_lm_gradient
-from nlp_dlg.engine.distance import gradient_distance
+from nlp_dlg.engine.distance import CERTIFY_DISTANCE, certificate_distance
 from nlp_dlg.engine.span import Span, SpanUnavailable
+from nlp_dlg.text.steps import padded_batch
 
 logger = logging.getLogger(__name__)
 
 RESIDUAL_MAX = 1e-3        # relative distance to a span below which an input counts as inside it
-CERTIFY_MAX = 1e-4         # cosine distance between the guess's gradient and the observed one
 MAX_FRONTIER = 4096        # more extensions passing at one position: layer 1 does not separate the batch
 CHUNK = 1024               # candidate tokens per forward pass
 
@@ -110,21 +110,11 @@ def grow_prefixes(layers: DecoderLayers, span: Span, candidates: Sequence[torch.
     return complete
 
 
-def _padded(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for b, s in enumerate(sequences):
-        ids[b, :len(s)] = torch.tensor(list(s), device=device)
-        mask[b, :len(s)] = 1
-    return ids, mask
-
-
 def _visible_rows(layers: DecoderLayers, prefixes: Sequence[list[int]],
                   pad_id: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per sequence, over its visible positions: the head inputs ``o (T, H)``, the next-token probabilities
     ``p (T, V)`` and the known labels ``y (T − 1,)`` (the next tokens inside the prefix)."""
-    ids, mask = _padded(prefixes, pad_id, _device(layers))
+    ids, mask = padded_batch(prefixes, pad_id, _device(layers))
     o, p = layers.head_inputs(ids, mask)                                           # (B, T, H), (B, T, V)
     return [(o[b, :len(s)].double(), p[b, :len(s)], torch.tensor(s[1:], dtype=torch.long, device=o.device))
             for b, s in enumerate(prefixes)]
@@ -194,10 +184,8 @@ def _pursue(residual: torch.Tensor, states: Sequence[torch.Tensor], w: torch.Ten
 def certify(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor], sequences: Sequence[Sequence[int]],
             pad_id: int) -> float:
     """The cosine distance between the gradient of ``sequences`` and the observed one (over the shared tensors)."""
-    ids, mask = _padded(sequences, pad_id, model.get_input_embeddings().weight.device)
-    guess = causal_lm_gradient(model, ids, mask)
-    names = [n for n in gradients if n in guess]
-    return float(gradient_distance([guess[n] for n in names], [gradients[n] for n in names], "cosine"))
+    ids, mask = padded_batch(sequences, pad_id, model.get_input_embeddings().weight.device)
+    return certificate_distance(causal_lm_gradient(model, ids, mask), gradients)
 
 
 def recover(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor], *, batch_size: int,
@@ -219,5 +207,5 @@ def recover(model: torch.nn.Module, gradients: Mapping[str, torch.Tensor], *, ba
         sequences = [list(p) for p in prefixes]
     distance = certify(model, gradients, sequences, pad_id)
     logger.info("guess's gradient at cosine distance %.3g from the observed one (%s)", distance,
-                "certified" if distance < CERTIFY_MAX else "not certified")
-    return CausalGuess(sequences, distance < CERTIFY_MAX, distance)
+                "certified" if distance < CERTIFY_DISTANCE else "not certified")
+    return CausalGuess(sequences, distance < CERTIFY_DISTANCE, distance)

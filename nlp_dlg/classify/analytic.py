@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from nlp_dlg.classify.victim import classification_gradient
-from nlp_dlg.engine.distance import gradient_distance
+from nlp_dlg.engine.distance import CERTIFY_DISTANCE, certificate_distance
 from nlp_dlg.engine.span import SpanUnavailable
 from nlp_dlg.text.analytic import attention_input_span, position_candidates, search_sentences
 from nlp_dlg.text.priors import parameter_name, sequence_length
+from nlp_dlg.text.steps import padded_batch
 
 logger = logging.getLogger(__name__)
-CERTIFY_MAX = 1e-4
 
 
 @dataclass(frozen=True)
@@ -67,15 +67,6 @@ def sentences_of(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tenso
     return [list(s.token_ids) for s in found]
 
 
-def _padded(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for b, s in enumerate(sequences):
-        ids[b, :len(s)], mask[b, :len(s)] = torch.tensor(s, device=device), 1
-    return ids, mask
-
-
 def labels_of(model: Any, gradients: Mapping[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
     """Each sentence's label from the classifier's weight gradient, the sentences known."""
     head = model.classifier
@@ -97,11 +88,9 @@ def recover(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tensor], *
             generator: torch.Generator) -> LabelledGuess:
     """Sentences, labels and the certificate of one classification gradient."""
     sequences = sentences_of(model, tokenizer, gradients, batch_size, generator)
-    ids, mask = _padded(sequences, tokenizer.pad_token_id, model.get_input_embeddings().weight.device)
+    ids, mask = padded_batch(sequences, tokenizer.pad_token_id, model.get_input_embeddings().weight.device)
     labels = labels_of(model, gradients, ids, mask)
-    guess = classification_gradient(model, ids, mask, torch.tensor(labels))
-    names = [n for n in gradients if n in guess]
-    distance = float(gradient_distance([guess[n] for n in names], [gradients[n] for n in names], "cosine"))
+    distance = certificate_distance(classification_gradient(model, ids, mask, torch.tensor(labels)), gradients)
     logger.info("labels %s; guess's gradient at cosine distance %.3g (%s)", labels, distance,
-                "certified" if distance < CERTIFY_MAX else "not certified")
-    return LabelledGuess(sequences, labels, distance < CERTIFY_MAX, distance)
+                "certified" if distance < CERTIFY_DISTANCE else "not certified")
+    return LabelledGuess(sequences, labels, distance < CERTIFY_DISTANCE, distance)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from nlp_dlg.engine.config import DISTANCES
 from nlp_dlg.engine.errors import ConfigError
 
-__all__ = ["DISTANCES", "gradient_distance"]
+__all__ = ["CERTIFY_DISTANCE", "DISTANCES", "certificate_distance", "gradient_distance"]
 
 
 def gradient_distance(
@@ -50,3 +50,13 @@ def gradient_distance(
         return torch.stack([((a - b) ** 2).sum() / (b * b).sum().clamp_min(1e-30)
                             for a, b in zip(dummy, target)]).sum()
     raise ConfigError(f"distance: expected one of {', '.join(DISTANCES)}, got {kind!r}")
+
+
+CERTIFY_DISTANCE = 1e-4  # cosine distance between a guess's own gradient and the observed one: exact
+
+
+def certificate_distance(guess: Mapping[str, torch.Tensor], observed: Mapping[str, torch.Tensor]) -> float:
+    """The cosine distance between a guess's own gradient and the observed one, over the tensors the observation
+    holds (a guess below :data:`CERTIFY_DISTANCE` gives the observed gradient back: it is certified)."""
+    names = [n for n in observed if n in guess]
+    return float(gradient_distance([guess[n] for n in names], [observed[n] for n in names], "cosine"))

@@ -30,7 +30,7 @@ import torch
 from transformers import BertForMaskedLM, PreTrainedTokenizerBase
 
 from nlp_dlg.engine.device import model_device
-from nlp_dlg.engine.distance import gradient_distance
+from nlp_dlg.engine.distance import CERTIFY_DISTANCE, certificate_distance
 from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
@@ -54,7 +54,6 @@ __all__ = ["METHODS", "AnalyticGuess", "MaskedLMAttack", "Reconstruction", "Text
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-CERTIFY_DISTANCE = 1e-4  # cosine distance between the guess's own gradient and the observed one: exact
 PEEL_ROUNDING = 1e-5     # a peeled entry this small against the terms it was summed from is rounding: zero
 NEAREST_MARGIN = 2.0     # an inexact one-sentence guess stands when each position's nearest token is this much nearer
 
@@ -229,9 +228,7 @@ class MaskedLMAttack:
             return None
         (inputs, mask, rows_certified, unambiguous, interrupted), (labels, misfit) = found, labelled
         ids = torch.where(labels != -100, labels, inputs)
-        own = masked_lm_gradient(self.model, inputs, mask, labels)
-        names = list(grads)
-        distance = float(gradient_distance([own[n] for n in names], [grads[n] for n in names], "cosine"))
+        distance = certificate_distance(masked_lm_gradient(self.model, inputs, mask, labels), grads)
         # the certificate: the guess, fed to the model, gives the observed gradient back
         certified = distance < CERTIFY_DISTANCE
         logger.info("span check: label misfit %.2g, gradient cosine distance %.2g", misfit, distance)

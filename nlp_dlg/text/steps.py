@@ -1,11 +1,11 @@
 """What every text task shares: the decoded text at a logged step (:class:`TextStep`), one reconstructed sequence
-with how it was found (:class:`Reconstruction`, a JSON-lines row), and the model-and-tokenizer base of the
-tasks in the pipeline (:class:`TextTask`)."""
+with how it was found (:class:`Reconstruction`, a JSON-lines row), the model-and-tokenizer base of the tasks in
+the pipeline (:class:`TextTask`), and recovered sequences as a padded batch (:func:`padded_batch`)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,3 +67,15 @@ class TextTask(PlacedModel):
         """Attack with the in-process victim's model and tokenizer (moved to the device, if one was given)."""
         self.model, self.tokenizer = model, tokenizer
         self.place()
+
+
+def padded_batch(sequences: Sequence[Sequence[int]], pad_id: int,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id sequences as one right-padded batch ``(B, T)`` and its attention mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(sequences):
+        ids[b, :len(s)] = torch.tensor(list(s), device=device)
+        mask[b, :len(s)] = 1
+    return ids, mask
