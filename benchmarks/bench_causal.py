@@ -60,6 +60,15 @@ def score(rows: list[dict], sentences: list[str], batch_size: int) -> dict:
             "rouge2": round(means["rouge2"], 4), "exact": sum(bool(s["exact_match"]) for s in scored)}
 
 
+def tokens_per_batch(sentences: list[str], batch_size: int) -> int:
+    """The most tokens in one batch (the span test needs no more than the model's width: 768 for GPT-2)."""
+    from nlp_dlg.causal.model import load_bpe_tokenizer
+
+    tok = load_bpe_tokenizer()
+    counts = [len(tok(s)["input_ids"]) for s in sentences]
+    return max(sum(counts[i:i + batch_size]) for i in range(0, len(counts), batch_size))
+
+
 def run_setting(args: argparse.Namespace, batch_size: int, batches: int, work: Path) -> None:
     sentences = realtext.reviews(batch_size * batches, start=args.offset, max_words=args.max_words)
     folder = work / f"b{batch_size}"
@@ -75,6 +84,7 @@ def run_setting(args: argparse.Namespace, batch_size: int, batches: int, work: P
                "batches": batches, "method": method,
                "sentences": len(sentences), "data": f"Rotten Tomatoes reviews {args.offset}-"
                                                     f"{args.offset + len(sentences) - 1} (8-{args.max_words} words)",
+               "tokens_per_batch": tokens_per_batch(sentences, batch_size),   # the span test needs <= the width
                "attacks_run": sorted({r["method"] for r in rows}),    # span falls back to dlg where it cannot work
                **score(rows, sentences, batch_size), "certified": sum(bool(r.get("certified")) for r in rows),
                "seconds_per_batch": round(seconds / batches, 1), "peak_rss_gib": round(peak, 2),

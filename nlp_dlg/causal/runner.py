@@ -16,9 +16,9 @@ from nlp_dlg.causal.config import CausalAttackConfig
 from nlp_dlg.causal.model import DEFAULT_TOKENIZER, check_model_metadata, load_bpe_tokenizer, model_from_metadata
 from nlp_dlg.causal.task import TASK, decode_text
 from nlp_dlg.causal.victim import CausalBatch
-from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.pipeline import BatchOutcome, Row
 from nlp_dlg.text.metrics import format_summary, score_batch
+from nlp_dlg.text.model import tokenizer_to_load
 from nlp_dlg.text.report import Trace, write_batch_report
 from nlp_dlg.text.steps import TextStep, TextTask
 
@@ -61,12 +61,9 @@ class CausalLMTask(TextTask):
             self.model = model_from_metadata(dict(metadata["model"]), name_or_path=self.name_or_path,
                                              verify=self.verify)
         if self.tokenizer is None:
-            recorded = metadata.get("tokenizer")
-            name = self.tokenizer_name or (self.name_or_path if self.name_or_path else None)
-            if name is None and recorded not in (None, DEFAULT_TOKENIZER):
-                raise ConfigError(f"the gradient file was tokenized with {recorded!r}: pass --tokenizer NAME_OR_PATH "
-                                  "(a path or hub name in a file is never followed)")
-            self.tokenizer = load_bpe_tokenizer(name)
+            self.tokenizer = load_bpe_tokenizer(tokenizer_to_load(metadata.get("tokenizer"), named=self.tokenizer_name,
+                                                                  own=self.name_or_path or None,
+                                                                  default=DEFAULT_TOKENIZER))
         self.place()
 
     def attack_batch(self, observation: Any, truth: CausalBatch | None, *, batch: int,

@@ -3,7 +3,8 @@
 * **Tokens and sentences** as for masked-LM (:mod:`nlp_dlg.text.analytic`): the sequence length from the rows of
   the position-embedding gradient, the batch's tokens from the rows of the word-embedding gradient (with no
   tied decoder it has an input side only), the first attention layer's span per position, and for a batch the
-  second layer's span to assemble sentences.
+  second layer's span to assemble sentences. With no tied decoder the embedding rows also say where most tokens
+  sit (:mod:`nlp_dlg.text.pinning`), which the span test alone cannot on a batch.
 * **Labels.** The classifier ``z = W c + b`` on the pooled states ``c_b``: ``∂L/∂W = Σ_b (p_b − e_{y_b}) c_bᵀ / B``.
   With the sentences known, a forward pass gives every ``p_b`` and ``c_b``; ``B ∂L/∂W − Σ_b p_b c_bᵀ =
   −Σ_b e_{y_b} c_bᵀ`` gives each label by least squares.
@@ -23,6 +24,7 @@ from nlp_dlg.classify.victim import classification_gradient
 from nlp_dlg.engine.distance import CERTIFY_DISTANCE, certificate_distance
 from nlp_dlg.engine.span import SpanUnavailable
 from nlp_dlg.text.analytic import attention_input_span, position_candidates, search_sentences
+from nlp_dlg.text.pinning import narrow_candidates, pin_tokens
 from nlp_dlg.text.priors import parameter_name, sequence_length
 from nlp_dlg.text.steps import padded_batch
 
@@ -53,8 +55,10 @@ def sentences_of(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tenso
     """The batch's sentences from the attention spans (the nearest token per position for one sentence)."""
     length, tokens = batch_tokens(gradients, model)
     span1 = attention_input_span(gradients, model, 0, batch_size * length)
-    candidates = position_candidates(model, span1, tokens, length)
-    logger.info("span check: rank %d; candidates per position %s", span1.rank, [len(c) for c in candidates])
+    candidates = narrow_candidates(position_candidates(model, span1, tokens, length),
+                                   pin_tokens(model, gradients, tokens, length))
+    logger.info("span check and embedding rows: rank %d; candidates per position %s", span1.rank,
+                [len(c) for c in candidates])
     if batch_size == 1:
         if any(len(c) == 0 for c in candidates):
             raise SpanUnavailable("a position has no candidate token")

@@ -20,7 +20,7 @@ from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
 from nlp_dlg.engine.span import SpanUnavailable
 from nlp_dlg.pipeline import BatchOutcome, Row
 from nlp_dlg.text.metrics import format_summary, score_batch
-from nlp_dlg.text.model import holds_tokenizer, load_tokenizer
+from nlp_dlg.text.model import encoder_tokenizer, load_tokenizer
 from nlp_dlg.text.steps import TextTask
 from nlp_dlg.text.task import decode_text
 
@@ -57,8 +57,9 @@ class ClassificationTask(TextTask):
             self.model = model_from_metadata(dict(metadata["model"]), name_or_path=self.name_or_path,
                                              verify=self.verify)
         if self.tokenizer is None:
-            own = self.name_or_path if holds_tokenizer(self.name_or_path) else None
-            self.tokenizer = load_tokenizer(self.tokenizer_name or own)
+            name = encoder_tokenizer(metadata.get("tokenizer"), tokenizer_name=self.tokenizer_name,
+                                     name_or_path=self.name_or_path)
+            self.tokenizer = load_tokenizer(name)
         self.place()
 
     def attack_batch(self, observation: Any, truth: LabelledBatch | None, *, batch: int,

