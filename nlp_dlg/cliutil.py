@@ -26,7 +26,19 @@ DEFENSE_HELP = ("defence applied before the gradient leaves: gaussian:SIGMA, lap
                 "dp:C,Z, joined by '+' (e.g. prune:0.2+gaussian:1e-3); recorded in the metadata")
 # the options of MatchingConfig the command lines expose, by their flag
 MATCHING_FLAGS = {"steps": "steps", "max_evals": "max_evaluations", "optimizer": "optimizer", "lr": "lr",
-                  "distance": "distance", "restarts": "restarts", "schedule": "schedule", "tolerance": "tolerance"}
+                  "distance": "distance", "restarts": "restarts", "schedule": "schedule", "tolerance": "tolerance",
+                 "stall_step": "stall_step", "stall_drop": "stall_drop"}
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -137,7 +149,14 @@ def add_matching_options(group: argparse._ArgumentGroup, defaults: MatchingConfi
     group.add_argument("--distance", choices=DISTANCES, default=None,
                        help=f"gradient distance (default: {defaults.distance}; the paper used l2)")
     group.add_argument("--restarts", type=positive_int, default=None,
-                       help=f"random restarts, best kept (default: {defaults.restarts})")
+                       help=f"random starts, the best kept; with --stall-step, the most tried, the first on track "
+                            f"ending the search (default: {defaults.restarts})")
+    group.add_argument("--stall-step", type=non_negative_int, default=None,
+                       help="with --restarts above 1: abandon a start whose distance at this step has not fallen "
+                            f"below --stall-drop of its first, for the next; 0: never (default: "
+                            f"{defaults.stall_step or 0})")
+    group.add_argument("--stall-drop", type=float, default=None,
+                       help=f"the fall a start must show by --stall-step (default: {defaults.stall_drop:g})")
     group.add_argument("--schedule", choices=SCHEDULES, default=None,
                        help="batches: update every sample each step, or sample (step mod B) as the paper "
                             f"(default: {defaults.schedule})")
@@ -148,6 +167,8 @@ def add_matching_options(group: argparse._ArgumentGroup, defaults: MatchingConfi
 def matching_config(args: argparse.Namespace, defaults: MatchingConfig) -> MatchingConfig:
     """``defaults`` with the options given on the command line."""
     given = {field: getattr(args, flag) for flag, field in MATCHING_FLAGS.items() if getattr(args, flag) is not None}
+    if given.get("stall_step") == 0:
+        given["stall_step"] = None
     return dataclasses.replace(defaults, **given)
 
 

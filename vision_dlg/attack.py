@@ -64,8 +64,8 @@ ImageCallback = Callable[[ImageStep], "bool | None"]
 
 @dataclass(frozen=True)
 class ImageReconstruction:
-    """One reconstructed image (``steps``: optimizer steps; ``evaluations``: gradient evaluations; ``distance``:
-    the final gradient distance)."""
+    """One reconstructed image (``steps``: optimizer steps of the start kept; ``evaluations``: gradient evaluations
+    of every start; ``distance``: the final gradient distance)."""
 
     batch: int
     index: int
@@ -79,12 +79,13 @@ class ImageReconstruction:
     interrupted: bool = False
     tv: float = 0.0         # weight of the total-variation prior the attack used
     prior: str = "add"      # and how it entered the objective
+    abandoned: int = 0      # starts abandoned as stalled (their evaluations are counted in ``evaluations``)
 
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.batch, "index": self.index, "label": self.label, "distance": self.distance,
                 "steps": self.steps, "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "label_method": self.label_method,
-                "interrupted": self.interrupted, "tv": self.tv, "prior": self.prior}
+                "interrupted": self.interrupted, "tv": self.tv, "prior": self.prior, "abandoned_starts": self.abandoned}
 
 
 class ImageAttack:
@@ -130,8 +131,8 @@ class ImageAttack:
             images, labs = plugin.decode(result.leaves)
         images, labs = images.cpu(), labs.cpu()
         return [ImageReconstruction(batch, i, images[i], int(labs[i]), result.distance, result.steps,
-                                    result.evaluations, result.seconds, self.config.label_method, result.interrupted,
-                                    tv, form)
+                                    result.total_evaluations, result.seconds, self.config.label_method,
+                                    result.interrupted, tv, form, result.abandoned)
                 for i in range(batch_size)]
 
     def _plugin(self, gradients: Mapping[str, torch.Tensor], batch_size: int, image_shape: tuple[int, int, int],

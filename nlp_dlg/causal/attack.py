@@ -75,7 +75,7 @@ class CausalLMAttack:
         result = matcher.run(grads, generator=generator)
         ids = plugin.decode(result.leaves)
         return [Reconstruction(batch, i, tuple(row.tolist()), decode_text(self.tokenizer, row.tolist()),
-                                     result.distance, result.steps, result.evaluations, result.seconds, "dlg",
+                                     result.distance, result.steps, result.total_evaluations, result.seconds, "dlg",
                                      result.interrupted)
                 for i, row in enumerate(ids)]
 

@@ -105,7 +105,7 @@ class ClassificationTask(TextTask):
 
         result = GradientMatcher(plugin, self.config.matching, callbacks=[on_step]).run(grads, generator=generator)
         ids, labels = plugin.decode(result.leaves)
-        return [self._row(batch, i, r.tolist(), int(y), result.distance, result.evaluations, started, "dlg")
+        return [self._row(batch, i, r.tolist(), int(y), result.distance, result.total_evaluations, started, "dlg")
                 for i, (r, y) in enumerate(zip(ids, labels))]
 
     def _scored(self, rows: list[Row], truth: LabelledBatch) -> list[Row]:

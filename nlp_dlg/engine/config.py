@@ -29,7 +29,12 @@ class MatchingConfig:
         lr: learning rate; None: the optimizer's default in :data:`DEFAULT_LR` (1.0 for L-BFGS as the paper,
             0.1 for Adam).
         distance: ``l2`` (the paper), ``cosine``, ``l2+l1`` or ``layer-l2``.
-        restarts: independent random initialisations; the lowest final distance wins.
+        restarts: independent random initialisations; the lowest final distance wins. With ``stall_step`` set,
+            the most starts tried: a start that stalls is abandoned for the next (the last is never abandoned),
+            and the first that does not runs to its end and ends the search.
+        stall_step, stall_drop: a restart whose best distance at step ``stall_step`` has not fallen below
+            ``stall_drop`` times its first distance is stalled (None: never checked). The attacker decides from
+            the distance alone, never from the truth.
         schedule: ``joint`` updates the whole batch at each step; ``per-sample`` updates only sample
             ``step mod B`` (the paper's schedule for batches), each sample with its own optimizer.
             Identical for ``B = 1``. ``joint`` is the default: on the engine's test MLP it recovers a
@@ -64,12 +69,17 @@ class MatchingConfig:
     max_recoveries: int = 5
     prior: str = "add"
     normalize: bool = False
+    stall_step: int | None = None
+    stall_drop: float = 1e-3
 
     def __post_init__(self) -> None:
         for name in ("steps", "restarts", "lbfgs_max_iter", "lbfgs_history"):
             _positive_int(name, getattr(self, name))
-        if self.max_evaluations is not None:
-            _positive_int("max_evaluations", self.max_evaluations)
+        for name in ("max_evaluations", "stall_step"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not (isinstance(self.stall_drop, (int, float)) and 0 < self.stall_drop < 1):
+            raise ConfigError(f"stall_drop: expected a number in (0, 1), got {self.stall_drop!r}")
         for name, value, accepted in (("optimizer", self.optimizer, OPTIMIZERS), ("distance", self.distance, DISTANCES),
                                       ("schedule", self.schedule, SCHEDULES), ("prior", self.prior, PRIORS)):
             if value not in accepted:

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
@@ -93,6 +93,9 @@ class MatchingResult:
     interrupted: bool
     history: tuple[float, ...] = field(default=())
     recoveries: int = 0
+    stalled: bool = False          # this restart was abandoned at ``stall_step`` (see :class:`MatchingConfig`)
+    abandoned: int = 0             # restarts of the search abandoned as stalled
+    total_evaluations: int = 0     # gradient evaluations of every restart of the search
 
 
 Callback = Callable[[StepRecord], "bool | None"]
@@ -139,23 +142,31 @@ class GradientMatcher:
         flags = [p.requires_grad for p in param_list]
         for p in param_list:
             p.requires_grad_(True)
-        best: MatchingResult | None = None
         start = time.perf_counter()
         try:
-            for restart in range(self.config.restarts):
-                result = _Restart(self, restart, param_list, target_list, generator, start).run()
-                if best is None or result.distance < best.distance or not math.isfinite(best.distance):
-                    best = result
-                logger.info("restart %d/%d ended at distance %.4g after %d steps, %d evaluations",
-                            restart + 1, self.config.restarts, result.distance, result.steps,
-                            result.evaluations)
-                if result.interrupted:
-                    break
+            best = self._restarts(param_list, target_list, generator, start)
         finally:
             for p, flag in zip(param_list, flags):
                 p.requires_grad_(flag)
-        assert best is not None
         return best
+
+    def _restarts(self, params: list[torch.Tensor], target: list[torch.Tensor], generator: torch.Generator,
+                  start: float) -> MatchingResult:
+        """The restarts, the best result first; with ``stall_step``, until one does not stall."""
+        best: MatchingResult | None = None
+        abandoned = evaluations = 0
+        for restart in range(self.config.restarts):
+            result = _Restart(self, restart, params, target, generator, start).run()
+            if best is None or result.distance < best.distance or not math.isfinite(best.distance):
+                best = result
+            logger.info("restart %d/%d %s at distance %.4g after %d steps, %d evaluations", restart + 1,
+                        self.config.restarts, "abandoned (stalled)" if result.stalled else "ended", result.distance,
+                        result.steps, result.evaluations)
+            abandoned, evaluations = abandoned + int(result.stalled), evaluations + result.evaluations
+            if result.interrupted or (self.config.stall_step is not None and not result.stalled):
+                break
+        assert best is not None
+        return replace(best, abandoned=abandoned, total_evaluations=evaluations)
 
     def emit(self, record: StepRecord) -> bool:
         """Call every callback with ``record``; True when one of them asks to stop."""
@@ -191,7 +202,7 @@ class _Restart:
         self.groups = ([[self.parts[n][i] for n in self.parts] for i in range(n_samples)] if self.per_sample
                        else [[self.parts[n][0] for n in self.parts]])
         self.prior = _regularizer(self.plugin)
-        self.evaluations, self.best, self.last, self.scale = 0, math.inf, math.inf, 1.0
+        self.evaluations, self.best, self.last, self.scale, self.first = 0, math.inf, math.inf, 1.0, math.inf
         self.best_leaves: dict[str, torch.Tensor] | None = None
         self.history: list[float] = []
         self.recoveries = self.steps = 0
@@ -250,6 +261,7 @@ class _Restart:
             initial = float(self.evaluate(create_graph=False).detach())
         except _NonFinite:
             initial = math.inf
+        self.first = initial
         if self.config.normalize and 0 < initial < 1:
             self.scale = 1.0 / initial
         self.emit(self.record(initial))
@@ -292,7 +304,7 @@ class _Restart:
 
     def run(self) -> MatchingResult:
         """Steps until the step or evaluation budget, the tolerance, a callback or Ctrl-C ends the restart."""
-        interrupted = False
+        interrupted = stalled = False
         self.begin()
         try:
             while not self.finished():
@@ -305,10 +317,17 @@ class _Restart:
                 self.history.append(dist)
                 if self.emit(self.record(dist)) or spent or self.best <= self.config.tolerance:
                     break
+                if (self.steps == self.config.stall_step and self.best > self.config.stall_drop * self.first
+                        and self.restart + 1 < self.config.restarts):     # the last start has no next: it runs on
+                    logger.info("restart %d stalls: distance %.4g at step %d, above %.3g of its first %.4g",
+                                self.restart, self.best, self.steps, self.config.stall_drop, self.first)
+                    stalled = True
+                    break
         except KeyboardInterrupt:
             interrupted = True
             logger.warning("interrupted at step %d: keeping the best candidate so far (distance %.4g)",
                            self.steps, self.best)
         best = self.best_leaves if self.best_leaves is not None else self.snapshot()
         return MatchingResult(MappingProxyType(best), self.best, self.restart, self.steps, self.evaluations,
-                              time.perf_counter() - self.start, interrupted, tuple(self.history), self.recoveries)
+                              time.perf_counter() - self.start, interrupted, tuple(self.history), self.recoveries,
+                              stalled)

@@ -349,7 +349,7 @@ class MaskedLMAttack:
                 logger.warning("batch %d, sequence %d: the matching decoded only special tokens (an empty "
                                "reconstruction; gradient distance %.3g)", batch, i, result.distance)
         return [Reconstruction(batch, i, tuple(row.tolist()), text, result.distance, result.steps,
-                               result.evaluations, result.seconds, self.config.method, result.interrupted,
+                               result.total_evaluations, result.seconds, self.config.method, result.interrupted,
                                certified=bool(held[i]))
                 for i, (row, text) in enumerate(zip(ids, texts))]
 

@@ -210,3 +210,31 @@ def test_model_requires_grad_flags_are_restored():
 def test_config_errors_name_parameter_expected_and_actual(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
         MatchingConfig(**kwargs)
+
+
+def test_a_stalled_restart_is_abandoned_for_the_next_and_the_first_on_track_ends_the_search(caplog):
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+    seen: list[tuple[int, int]] = []
+    evaluations: dict[int, int] = {}
+
+    def track(record):
+        seen.append((record.restart, record.step))
+        evaluations[record.restart] = record.evaluations
+
+    def run(drop):
+        seen.clear()
+        return GradientMatcher(plugin, MatchingConfig(steps=6, restarts=3, stall_step=2, stall_drop=drop),
+                               callbacks=[track]).run(target, generator=torch.Generator().manual_seed(0))
+
+    with caplog.at_level("INFO", logger="nlp_dlg.engine.matcher"):
+        never = run(1e-300)           # no start falls that far by step 2: each but the last is abandoned there
+    assert never.abandoned == 2 and {r for r, _ in seen} == {0, 1, 2}
+    assert max(s for r, s in seen if r < 2) == 2 and max(s for r, s in seen if r == 2) == 6
+    assert never.total_evaluations == sum(evaluations.values())
+    assert "stalls" in caplog.text
+    first = run(0.999)                # the first start falls: it runs all its steps and no other starts
+    assert first.abandoned == 0 and not first.stalled and {r for r, _ in seen} == {0}
+    assert first.steps == 6 and first.total_evaluations == first.evaluations
+    with pytest.raises(ConfigError, match="stall_drop"):
+        MatchingConfig(stall_drop=1.0)
