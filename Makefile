@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo vision-demo test install lint bench docs realtext clean
+.PHONY: demo vision-demo test test-ray install lint bench docs realtext clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ vision-demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check nlp_dlg vision_dlg scripts tests benchmarks
 	$(PY) -m pytest -q
+
+test-ray: $(STAMP)   # attack --ray on a local Ray instance (not in the default suite: Ray starts in about 20 s)
+	$(PIP) install -q -c constraints.txt -e '.[ray]'
+	$(PY) -m pytest -q -m ray
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_eval_time.py

@@ -44,7 +44,8 @@ def configs() -> dict:
 
 
 class Scorer:
-    """Per logged step, the batch's worst paired PSNR, against the evaluations of every start so far."""
+    """Per logged step, the batch's worst paired PSNR, against the evaluations of every start (and the polish) so
+    far."""
 
     def __init__(self, truth: torch.Tensor) -> None:
         self.truth, self.done, self.current, self.first_success = truth, 0, (0, 0), None
@@ -53,7 +54,7 @@ class Scorer:
         from vision_dlg import pair_images, psnr
 
         restart, evaluations = event.record.restart, event.record.evaluations
-        if restart != self.current[0]:
+        if restart != self.current[0] or evaluations < self.current[1]:     # a new start, or the polish
             self.done += self.current[1]
         self.current = (restart, evaluations)
         order = pair_images(event.images, self.truth)
@@ -76,7 +77,7 @@ def attack_file(path: Path, config, truth: torch.Tensor, labels: list[int]) -> d
     order = pair_images(images, truth)
     return {"psnr": [round(psnr(images[j], truth[i]), 2) for i, j in enumerate(order)],
             "labels_right": sum(recs[j].label == labels[i] for i, j in enumerate(order)),
-            "evaluations_to_30db": scorer.first_success, "evaluations": scorer.done + scorer.current[1],
+            "evaluations_to_30db": scorer.first_success, "evaluations": recs[0].evaluations,
             "seconds": round(seconds, 1), "images": images[order]}
 
 
@@ -95,6 +96,7 @@ def summary(name: str, config, runs: list[dict], args: argparse.Namespace) -> di
             "seeds": args.seeds, "data": f"lfw_subset faces {args.first}-{args.first + args.images - 1}",
             "restarts": config.matching.restarts, "stall_step": config.matching.stall_step,
             "stall_drop": config.matching.stall_drop, "label_method": config.label_method,
+            "polish_steps": config.polish_steps if args.batch_size > 1 else None,
             "images": len(psnrs), "at_30db": sum(p >= SUCCESS_DB for p in psnrs),
             "labels_right": sum(r["labels_right"] for r in runs), "min_psnr": min(psnrs),
             "median_psnr": round(statistics.median(psnrs), 2),

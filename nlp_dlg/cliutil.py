@@ -112,6 +112,10 @@ def add_attack_parser(sub: Any, what: str, add_victim: Callable[[argparse.Argume
     att.add_argument("--workers", type=positive_int, default=1, metavar="N",
                      help="attack the --gradients files in N processes at once, same results as one (default: 1); "
                           "each gets --threads torch threads, by default the cores shared out")
+    att.add_argument("--ray", metavar="auto|local|ADDRESS", default=None,
+                     help="attack the --gradients files on Ray actors (--workers of them, --threads CPUs each; pip "
+                          "install 'nlp-dlg[ray]'): local starts Ray here, auto joins the running cluster, or a "
+                          "cluster address; the folder must be visible to every node")
     add_victim(att)
     add_attack(att)
 
@@ -234,17 +238,18 @@ def attack_command(args: argparse.Namespace, make_task: Callable[..., Any],
         raise ConfigError("pass --gradients (attacker only) or private data (both sides here), not both")
     if args.gradients is None and not private:
         raise ConfigError(f"nothing to attack: pass --gradients DIR, or private data ({', '.join(data_options)})")
-    if args.gradients is None and args.workers > 1:
-        raise ConfigError("--workers attacks --gradients files; an in-process capture is attacked here, in one")
+    if args.gradients is None and (args.workers > 1 or args.ray):
+        raise ConfigError("--workers and --ray attack --gradients files; an in-process capture is attacked here, "
+                          "in one")
     from nlp_dlg.engine.device import resolve_device
     from nlp_dlg.pipeline import run_attack
 
     task = make_task(device=resolve_device(args.device))
     if args.gradients is not None:
-        if args.workers == 1:
+        if args.workers == 1 and not args.ray:
             set_threads(args.threads)   # (an in-process victim sets them itself, once its input is read)
         run = run_attack(task, gradients=args.gradients, out=args.out, seed=args.seed, workers=args.workers,
-                         threads=args.threads)
+                         threads=args.threads, ray=args.ray)
     else:
         adopted, pairs = victim(args)
         task.adopt(**adopted)

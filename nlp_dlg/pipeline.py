@@ -154,15 +154,16 @@ def file_outcomes(task: AttackTask, files: Sequence[Path],
 def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: str | Path | None = None,
                pairs: Iterable[tuple[Any, Any]] | None = None,
                on_batch: Callable[[int, BatchOutcome], None] | None = None, workers: int = 1,
-               threads: int | None = None) -> AttackRun:
+               threads: int | None = None, ray: str | None = None) -> AttackRun:
     """Attack the gradient files under ``gradients`` (a file or a folder; nothing known of the data), or the
     in-process ``(observation, truth)`` ``pairs`` (scored), and write one JSON line per item to ``out``.
 
     Batch ``b`` is attacked with a CPU generator seeded ``seed + b``, so one seed gives one result. Rows from
     files carry their ``source`` path. ``on_batch(b, outcome)`` is called after each batch (progress). Files are
     attacked by ``workers`` processes of ``threads`` torch threads each when ``workers > 1``
-    (:mod:`nlp_dlg.workers`; the rows are the same as one process's). A file whose attack fails is reported in
-    :attr:`AttackRun.failed` and the others are kept.
+    (:mod:`nlp_dlg.workers`; the rows are the same as one process's), on Ray actors with ``ray`` (``local``,
+    ``auto`` or a cluster address). A file whose attack fails is reported in :attr:`AttackRun.failed` and the
+    others are kept.
 
     Raises:
         GradientFileError, MetadataError, ModelMismatchError: before any attack, for a file whose metadata does
@@ -178,7 +179,11 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
 
         files = find_gradient_files(gradients)  # type: ignore[arg-type]
         metas, total = check_files(files, task), len(files)
-        if workers > 1 and len(files) > 1:
+        if ray is not None:
+            from nlp_dlg.workers import ray_outcomes
+
+            outcomes = ray_outcomes(task, files, metas[0], seed=seed, address=ray, workers=workers, threads=threads)
+        elif workers > 1 and len(files) > 1:
             from nlp_dlg.workers import pooled_outcomes
 
             outcomes = pooled_outcomes(task, files, metas[0], seed=seed, workers=workers, threads=threads)

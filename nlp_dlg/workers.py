@@ -7,6 +7,10 @@ seeded ``seed + b`` exactly as :func:`nlp_dlg.pipeline.run_attack` does alone. R
 (a finished later file waits for the earlier ones), so the JSON lines are the serial run's. A file whose attack
 fails is reported and the rest are kept. The pool is the standard library's ``ProcessPoolExecutor`` with
 ``spawn`` workers (a forked torch can hang on its thread pool).
+
+On a cluster (``--ray auto|local|ADDRESS``) the workers are Ray actors instead, one per ``--workers``, each
+reserving its ``--threads`` CPUs; Ray's ``ActorPool`` hands them the files and returns the outcomes in file order.
+The actors read the files by path: on several machines the folder must be on a filesystem they all see.
 """
 
 from __future__ import annotations
@@ -94,6 +98,59 @@ def pooled_outcomes(task: Any, files: Sequence[Path], metadata: Mapping[str, Any
             yield b, str(path), _result(future)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _RayWorker:
+    """One Ray actor: :func:`_start_worker` once, then :func:`_attack_file` per file, library errors returned as
+    values (as the process pool's :func:`_result` does)."""
+
+    def __init__(self, task: Any, metadata: Mapping[str, Any], threads: int, level: int) -> None:
+        _start_worker(task, metadata, threads, level)
+
+    def attack(self, path: str, batch: int, seed: int) -> Any:
+        try:
+            return _attack_file(path, batch, seed)
+        except (NlpDlgError, ValueError, OSError) as exc:
+            return exc
+
+
+def connect_ray(address: str) -> Any:
+    """The ``ray`` module, connected: ``local`` starts an instance on this machine, ``auto`` joins the running
+    cluster (``RAY_ADDRESS`` or one started here with ``ray start``), anything else is a cluster address. An
+    already connected driver (a test, a notebook) is used as it is."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ConfigError("--ray needs Ray: pip install 'nlp-dlg[ray]'") from exc
+    if not ray.is_initialized():
+        try:
+            ray.init(address=None if address == "local" else address, include_dashboard=False,
+                     log_to_driver=logging.getLogger().isEnabledFor(logging.INFO))
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise ConfigError(f"--ray {address}: cannot connect: {str(exc).splitlines()[0]}") from exc
+    return ray
+
+
+def ray_outcomes(task: Any, files: Sequence[Path], metadata: Mapping[str, Any], *, seed: int, address: str,
+                 workers: int, threads: int | None) -> Iterator[tuple[int, str, Any]]:
+    """:func:`pooled_outcomes` on Ray actors (see the module's docstring)."""
+    from ray.util import ActorPool
+
+    ray = connect_ray(address)
+    per_worker = threads or _env_threads() or 1
+    count = min(workers, len(files))
+    logger.info("attacking %d file(s) on Ray (%s): %d actor(s), %d torch thread(s) each", len(files), address,
+                count, per_worker)
+    actor = ray.remote(num_cpus=per_worker)(_RayWorker)
+    actors = [actor.remote(task, dict(metadata), per_worker, logging.getLogger().level) for _ in range(count)]
+    try:
+        jobs = [(str(path), b, seed) for b, path in enumerate(files)]
+        results = ActorPool(actors).map(lambda a, job: a.attack.remote(*job), jobs)
+        for (path, b, _), outcome in zip(jobs, results):
+            yield b, path, outcome
+    finally:
+        for a in actors:
+            ray.kill(a)
 
 
 def _result(future: Future) -> Any:

@@ -16,6 +16,7 @@ from nlp_dlg.lazy import lazy_exports
 
 _EXPORTS = {
     "vision_dlg.attack": ("ImageAttack", "ImageReconstruction", "ImageStep"),
+    "vision_dlg.capacity": ("Capacity", "gradient_capacity"),
     "vision_dlg.config": ("LABEL_METHODS", "MODELS", "ImageAttackConfig", "VisionModelSpec"),
     "vision_dlg.data": ("dataset_image", "load_image", "read_cifar_binary", "read_idx", "skimage_photo",
                         "to_model_input"),

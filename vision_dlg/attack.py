@@ -30,8 +30,9 @@ from torch import nn
 
 from nlp_dlg.engine.device import model_device
 from nlp_dlg.engine.errors import ConfigError, GradientMismatchError
-from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
+from nlp_dlg.engine.matcher import GradientMatcher, MatchingResult, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
+from vision_dlg.capacity import gradient_capacity, warn_if_undetermined
 from vision_dlg.config import (
     BATCH_TV,
     BOXED_INIT_STD,
@@ -128,6 +129,8 @@ class ImageAttack:
         with victim_mode(self.model, train=train):
             result = GradientMatcher(plugin, replace(self.config.matching, prior=form),
                                      callbacks=[self._on_step(plugin)]).run(observation.gradients, generator=generator)
+            if tv > 0 and form == "add" and self.config.polish_steps and not result.interrupted:
+                plugin, result = self._polish(plugin, result, observation.gradients, generator)
             images, labs = plugin.decode(result.leaves)
         images, labs = images.cpu(), labs.cpu()
         return [ImageReconstruction(batch, i, images[i], int(labs[i]), result.distance, result.steps,
@@ -135,12 +138,32 @@ class ImageAttack:
                                     result.interrupted, tv, form, result.abandoned)
                 for i in range(batch_size)]
 
+    def _polish(self, plugin: ImagePlugin, found: MatchingResult, gradients: Mapping[str, torch.Tensor],
+                generator: torch.Generator) -> tuple[ImagePlugin, MatchingResult]:
+        """``polish_steps`` more steps (at most the matching's) without the prior from where it ended, where the
+        gradient can determine the batch (else the prior's choice is kept: the gradient alone would drift among
+        equals)."""
+        if not gradient_capacity(self.model, plugin.image_shape, plugin.batch_size).determined:
+            logger.info("no polish without the prior: the gradient cannot determine this batch")
+            return plugin, found
+        steps = min(self.config.polish_steps, self.config.matching.steps)
+        logger.info("polishing without the prior: %d more steps from distance %.4g", steps, found.distance)
+        bare = ImagePlugin(self.model, plugin.batch_size, plugin.image_shape, plugin.num_classes,
+                           labels=plugin.labels, learn_labels=plugin.learn_labels, clamp=plugin.clamp, box=plugin.box,
+                           start=found.leaves)
+        config = replace(self.config.matching, steps=steps, restarts=1, stall_step=None)
+        polished = GradientMatcher(bare, config, callbacks=[self._on_step(bare)]).run(gradients, generator=generator)
+        return bare, replace(polished, steps=found.steps + polished.steps, abandoned=found.abandoned,
+                             total_evaluations=found.total_evaluations + polished.total_evaluations,
+                             seconds=found.seconds + polished.seconds)
+
     def _plugin(self, gradients: Mapping[str, torch.Tensor], batch_size: int, image_shape: tuple[int, int, int],
                 num_classes: int, train: bool) -> tuple[ImagePlugin, float, str]:
         """The engine plugin for this batch: labels read off the gradient (``analytic``), the prior's weight and
         form (probing the gradient's contrast sensitivity where the form is open), boxed pixels or not."""
         labels, exact = None, False
         check_batch_claim(gradients, self.model, batch_size)
+        warn_if_undetermined(self.model, image_shape, batch_size)
         if self.config.label_method == "analytic":
             labels = infer_labels(gradients, self.model, batch_size)
             exact = labels_are_exact(gradients, self.model, batch_size)

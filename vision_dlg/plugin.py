@@ -49,11 +49,13 @@ class ImagePlugin:
             matching settle on images outside [0, 1] whose gradient equals the observed one.
         init_std: standard deviation of the initial dummy pixels or, with ``box``, pixel logits (1: DLG's
             standard normal).
+        start: leaves to start from instead of a random draw (the polish after a prior, :class:`ImageAttack`).
     """
 
     def __init__(self, model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
                  *, labels: torch.Tensor | None = None, learn_labels: bool = False, tv: float = 0.0,
-                 clamp: bool = False, box: bool = False, init_std: float = 1.0) -> None:
+                 clamp: bool = False, box: bool = False, init_std: float = 1.0,
+                 start: Mapping[str, torch.Tensor] | None = None) -> None:
         self.model = model
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
@@ -64,6 +66,7 @@ class ImagePlugin:
         self.clamp = clamp
         self.box = box
         self.init_std = float(init_std)
+        self.start = dict(start) if start is not None else None
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.device = model_device(model)
         if self.labels is not None:
@@ -73,6 +76,8 @@ class ImagePlugin:
         return self._params
 
     def init_leaves(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.start is not None:
+            return {n: t.detach().clone() for n, t in self.start.items()}
         # drawn on the CPU and moved: one seed gives the same start on every device
         leaves = {"images": self.init_std * randn(self.batch_size, *self.image_shape, generator=generator,
                                                   device=self.device)}

@@ -122,4 +122,30 @@ def test_workers_give_the_rows_of_one_process(tmp_path, capsys):
     assert (tmp_path / "pooled" / "batch-002-0.png").is_file()
     code, err = _vision_main(capsys, "attack", "--dataset", "skimage", "--index", "0", "--workers", "2", "--out",
                              str(tmp_path / "r.jsonl"))
-    assert code == 2 and "--workers attacks --gradients files" in err
+    assert code == 2 and "--workers and --ray attack --gradients files" in err
+
+
+@pytest.mark.ray
+def test_ray_actors_give_the_rows_of_one_process_and_keep_going_past_a_failed_file(tmp_path, capsys):
+    """A local Ray instance with 2 actors: the serial rows in file order; a file that fails is named, the rest kept."""
+    ray = pytest.importorskip("ray")
+    grads = tmp_path / "g"
+    assert _vision_main(capsys, "capture", "--dataset", "skimage", "--index", "0", "1", "--num-classes", "10",
+                        "--image-size", "16", "--out", str(grads))[0] == 0
+    common = ["--steps", "3", "--threads", "1"]
+    assert _vision_main(capsys, "attack", "--gradients", str(grads), "--out", str(tmp_path / "serial.jsonl"),
+                        *common)[0] == 0
+    obs = load_observation(grads / "batch-001.safetensors")
+    bad = {n: t.clone() for n, t in obs.gradients.items()}
+    bad["fc.bias"][0] = float("nan")
+    save_observation(type(obs)(bad, obs.metadata), grads / "batch-002.safetensors")
+    try:
+        code, err = _vision_main(capsys, "attack", "--gradients", str(grads), "--out", str(tmp_path / "ray.jsonl"),
+                                 "--ray", "local", "--workers", "2", *common)
+    finally:
+        ray.shutdown()
+    assert code == 2 and "batch-002.safetensors" in err and "NaN" in err
+    varying = ("seconds", "source", "image", "progress_grid")
+    rows = {name: [{k: v for k, v in json.loads(line).items() if k not in varying}
+                   for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()] for name in ("serial", "ray")}
+    assert rows["ray"] == rows["serial"] and len(rows["serial"]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -248,3 +249,40 @@ def test_a_batch_claim_larger_than_the_gradient_shows_is_warned(name, caplog):
     [(four, _)] = capture_images(model, images, [1, 2, 3, 4], model_info=model_metadata(model, spec), batch_size=4)
     assert check_batch_claim(one.gradients, model, 4) and "not the 4 its metadata claims" in caplog.text
     assert not check_batch_claim(one.gradients, model, 1) and not check_batch_claim(four.gradients, model, 4)
+
+
+def test_the_gradient_capacity_bounds_the_images_a_lenet_gradient_can_determine(caplog):
+    from vision_dlg.capacity import gradient_capacity, warn_if_undetermined
+
+    model = build_model(VisionModelSpec("lenet", image_size=32))
+    rest = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("fc."))
+    assert rest == 8136 and model.fc.in_features == 768
+    assert [gradient_capacity(model, (3, 32, 32), b).bound for b in (1, 3, 4)] == [768 + rest, 3 * 768 + rest,
+                                                                                  4 * 768 + rest]
+    assert gradient_capacity(model, (3, 32, 32), 3).determined
+    with caplog.at_level("WARNING", logger="vision_dlg.capacity"):
+        assert not warn_if_undetermined(model, (3, 32, 32), 4).determined
+    assert "at most 11208 directions for the batch's 12288 pixels" in caplog.text
+    big = build_model(VisionModelSpec("lenet", image_size=64))
+    assert not gradient_capacity(big, (3, 64, 64), 1).determined
+
+
+def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_one_keeps_the_priors_choice(caplog):
+    images = torch.stack([skimage_photo("coffee", size=16), skimage_photo("astronaut", size=16)])
+    model, [(obs, truth)] = _capture(images, [2, 5])
+    config = ImageAttackConfig(matching=MatchingConfig(steps=30, tolerance=1e-12), polish_steps=20)
+    with caplog.at_level("INFO", logger="vision_dlg.attack"):
+        polished = ImageAttack(model, config).attack(obs, generator=torch.Generator().manual_seed(0))
+    assert "polishing without the prior: 20 more steps" in caplog.text
+    plain = ImageAttack(model, replace(config, polish_steps=0)).attack(obs, generator=torch.Generator().manual_seed(0))
+    assert polished[0].steps == plain[0].steps + 20 and polished[0].evaluations > plain[0].evaluations
+    assert polished[0].tv == plain[0].tv > 0                # the prior was used, then dropped
+    scores = [min(psnr(r.image, t) for r, t in zip(recs, truth.images)) for recs in (plain, polished)]
+    assert scores[1] > scores[0]
+    caplog.clear()
+    big = VisionModelSpec(num_classes=10, image_size=64, seed=1)
+    model, [(obs, _)] = _capture(torch.stack([skimage_photo("coffee", size=64)] * 2), [2, 5], spec=big)
+    with caplog.at_level("INFO", logger="vision_dlg"):
+        ImageAttack(model, replace(config, matching=MatchingConfig(steps=1))).attack(
+            obs, generator=torch.Generator().manual_seed(0))
+    assert "cannot determine the images" in caplog.text and "no polish without the prior" in caplog.text
