@@ -78,6 +78,7 @@ def attack_file(path: Path, config, truth: torch.Tensor, labels: list[int]) -> d
     return {"psnr": [round(psnr(images[j], truth[i]), 2) for i, j in enumerate(order)],
             "labels_right": sum(recs[j].label == labels[i] for i, j in enumerate(order)),
             "evaluations_to_30db": scorer.first_success, "evaluations": recs[0].evaluations,
+            "abandoned_starts": recs[0].abandoned,
             "seconds": round(seconds, 1), "images": images[order]}
 
 
@@ -102,6 +103,7 @@ def summary(name: str, config, runs: list[dict], args: argparse.Namespace) -> di
             "median_psnr": round(statistics.median(psnrs), 2),
             "median_evaluations_to_30db": statistics.median(reached) if reached else None,
             "median_evaluations": statistics.median(r["evaluations"] for r in runs),
+            "abandoned_starts": sum(r["abandoned_starts"] for r in runs),
             "seconds_per_batch": round(sum(r["seconds"] for r in runs) / len(runs), 1),
             "torch_threads": torch.get_num_threads(), "psnr": psnrs}
 

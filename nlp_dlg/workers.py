@@ -23,7 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from nlp_dlg.engine.errors import ConfigError, NlpDlgError
+from nlp_dlg.engine.errors import ClusterError, ConfigError, NlpDlgError
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +133,12 @@ def connect_ray(address: str) -> Any:
 
 def ray_outcomes(task: Any, files: Sequence[Path], metadata: Mapping[str, Any], *, seed: int, address: str,
                  workers: int, threads: int | None) -> Iterator[tuple[int, str, Any]]:
-    """:func:`pooled_outcomes` on Ray actors (see the module's docstring)."""
+    """:func:`pooled_outcomes` on Ray actors (see the module's docstring). A lost actor stops the run with a
+    :class:`~nlp_dlg.engine.errors.ClusterError` (the rows before it are kept)."""
+    ray = connect_ray(address)
+    from ray.exceptions import RayError
     from ray.util import ActorPool
 
-    ray = connect_ray(address)
     per_worker = threads or _env_threads() or 1
     count = min(workers, len(files))
     logger.info("attacking %d file(s) on Ray (%s): %d actor(s), %d torch thread(s) each", len(files), address,
@@ -146,7 +148,11 @@ def ray_outcomes(task: Any, files: Sequence[Path], metadata: Mapping[str, Any], 
     try:
         jobs = [(str(path), b, seed) for b, path in enumerate(files)]
         results = ActorPool(actors).map(lambda a, job: a.attack.remote(*job), jobs)
-        for (path, b, _), outcome in zip(jobs, results):
+        for path, b, _ in jobs:
+            try:
+                outcome = next(results)
+            except RayError as exc:
+                raise ClusterError(f"Ray lost the worker attacking {path}: {str(exc).splitlines()[0]}") from exc
             yield b, path, outcome
     finally:
         for a in actors:

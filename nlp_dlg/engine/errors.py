@@ -35,3 +35,7 @@ class ModelMismatchError(NlpDlgError, ValueError):
 class MatchingDivergedError(NlpDlgError, FloatingPointError):
     """The gradient distance was never finite (e.g. a dummy or an observation that overflows): nothing to
     return or restart from."""
+
+
+class ClusterError(NlpDlgError, RuntimeError):
+    """The cluster the files were handed to (Ray) lost a worker or could not run one."""

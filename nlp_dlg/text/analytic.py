@@ -373,6 +373,31 @@ class _SentenceSearch:
         return [o if p in (0, length - 1) or not bool((~torch.isin(o, u)).any()) else o[~torch.isin(o, u)]
                 for p, (o, u) in enumerate(zip(options, used))]
 
+    def greedy(self) -> None:
+        """Before any relaxed start: at each length, the sentence of each position's first option (the nearest to
+        the span), polished by :func:`_descend`; kept when certified. Where the candidates are already all but
+        unique (one sentence, a selective first layer) this finds the sentence without the relaxed starts."""
+        with torch.no_grad():
+            for length, (options, flat) in self.searches.items():
+                if self.complete:
+                    return
+                start = torch.stack([o[0] for o in options])
+                self._keep(_descend(self.first, self.span2, start, *flat, self.max_sweeps), length)
+
+    def _keep(self, ids: torch.Tensor, length: int) -> bool:
+        """Record the sentence ``ids``: found when certified (True), else among the failures."""
+        residual = float(self.span2.residual(self.first.full(self.first.inputs(ids))).mean())
+        sentence = AssembledSentence(tuple(ids.tolist()), residual)
+        if sentence.token_ids in self.found or self.complete:
+            return False
+        if sentence.certified:
+            self.found[sentence.token_ids] = sentence
+            logger.debug("assembled a certified sentence of %d tokens (residual %.2g)", length, residual)
+            return True
+        if all(f.token_ids != sentence.token_ids for f in self.failures):
+            self.failures.append(sentence)
+        return False
+
     def round(self, length: int) -> int:
         """Relaxed starts at ``length``, each polished by :func:`_descend`; returns the new certified sentences."""
         device = self.searches[length][0][0].device
@@ -383,17 +408,8 @@ class _SentenceSearch:
         new = 0
         with torch.no_grad():
             for start in begun:
-                ids = _descend(self.first, self.span2, start, *self.searches[length][1], self.max_sweeps)
-                residual = float(self.span2.residual(self.first.full(self.first.inputs(ids))).mean())
-                sentence = AssembledSentence(tuple(ids.tolist()), residual)
-                if sentence.token_ids in self.found or self.complete:
-                    continue
-                if sentence.certified:
-                    self.found[sentence.token_ids] = sentence
-                    new += 1
-                    logger.debug("assembled a certified sentence of %d tokens (residual %.2g)", length, residual)
-                elif all(f.token_ids != sentence.token_ids for f in self.failures):
-                    self.failures.append(sentence)
+                new += self._keep(_descend(self.first, self.span2, start, *self.searches[length][1],
+                                           self.max_sweeps), length)
         self.fruitless[length] = 0 if new else self.fruitless[length] + 1
         return new
 
@@ -441,7 +457,9 @@ def assemble_batch(model: BertForMaskedLM, span2: Span, candidates: Sequence[tor
     """Find up to ``batch_size`` distinct sentences whose first-layer outputs lie in ``span2``.
 
     :func:`pair_filter` keeps, per position, the tokens that sit there in some sentence; the lengths
-    are where ``[SEP]`` is kept. A *round* at one length draws ``starts`` relaxed starts
+    are where ``[SEP]`` is kept. First, at each length, the sentence of each position's nearest option is
+    polished by :func:`_descend` (:meth:`_SentenceSearch.greedy`: where the candidates are all but unique, that is
+    the sentence). A *round* at one length draws ``starts`` relaxed starts
     (:func:`_relaxed_starts`), polishes each by :func:`_descend` and keeps the new sentences whose
     second-layer residual certifies them. When :func:`length_counts` pins down how many sentences each
     length holds, each length gets rounds until they are found; otherwise lengths are visited longest
@@ -463,6 +481,7 @@ def search_sentences(model: BertForMaskedLM, span2: Span, candidates: Sequence[t
     search = _SentenceSearch(model, span2, kept, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
                              starts=starts, max_sweeps=max_sweeps)
     try:
+        search.greedy()
         quota = length_counts(list(search.searches), batch_size, span2.rank)
         if quota is not None:
             search.by_quota(quota, max_fruitless)
