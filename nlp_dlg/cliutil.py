@@ -27,7 +27,7 @@ DEFENSE_HELP = ("defence applied before the gradient leaves: gaussian:SIGMA, lap
 # the options of MatchingConfig the command lines expose, by their flag
 MATCHING_FLAGS = {"steps": "steps", "max_evals": "max_evaluations", "optimizer": "optimizer", "lr": "lr",
                   "distance": "distance", "restarts": "restarts", "schedule": "schedule", "tolerance": "tolerance",
-                 "stall_step": "stall_step", "stall_drop": "stall_drop"}
+                  "stall_step": "stall_step", "stall_drop": "stall_drop"}
 
 
 def non_negative_int(text: str) -> int:
