@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(PY) -m ruff check nlp_dlg vision_dlg scripts tests benchmarks
 	$(PY) -m pytest -q
 
-test-ray: $(STAMP)   # attack --ray on a local Ray instance (not in the default suite: Ray starts in about 20 s)
+test-ray: $(STAMP)   # attack --ray on a local Ray instance (not in the default suite: about 15 s, most of it Ray starting)
 	$(PIP) install -q -c constraints.txt -e '.[ray]'
 	$(PY) -m pytest -q -m ray
 
