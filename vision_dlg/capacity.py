@@ -7,7 +7,7 @@ when the batch has more pixels than that (``B·C·S·S``), a set of other batche
 gradient to first order, and only a prior (total variation, a box) chooses among them. The attack logs it.
 
 DLG's LeNet at 32x32 (F = 768, P_rest = 8,136) determines 3 images at most: a batch of 4 (12,288 pixels) meets
-a bound of 11,208, and its images come back blurred near 29 dB with the distance at float precision. At 64x64
+a bound of 11,208, and its images come back blurred near 29 dB (benchmarks/results/vision_restarts.jsonl). At 64x64
 (F = 3,072) not even one image (12,288 pixels, bound 11,208).
 """
 

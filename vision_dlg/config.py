@@ -24,10 +24,11 @@ BATCH_TV = 1e-3  # LeNet, 4 LFW faces at 32x32: 13 dB without, 29 dB with (boxed
 # instead (``prior="scale"``), a prior that fades as the gradients match: restored at step 29.
 CONTRAST_BLIND = 1e-2
 SCALED_TV = 1.0
-# A start that fails is visible early: on LeNet with one 32x32 face (8 faces x 3 seeds), the failing L-BFGS
-# starts of DLG's N(0, 1) pixels (2 of 24) climbed above their first distance within 5 steps and stayed, while
-# every start that succeeded had fallen 50-80x by step 10. Abandoned there, a failing start costs at most 10
-# steps; the next start is fresh (benchmarks/bench_vision_restarts.py).
+# A start that fails is visible early: on LeNet with one 32x32 face (8 faces x 3 seeds, an exploratory run of
+# the distance per step), the failing L-BFGS starts of DLG's N(0, 1) pixels (2 of 24) climbed above their first
+# distance within 5 steps and stayed, while every start that succeeded had fallen 50-80x by step 10. Abandoned
+# there, a failing start costs at most 10 steps; the next start is fresh. With these defaults 2 starts of 24
+# were abandoned and every face came back (benchmarks/bench_vision_restarts.py).
 RESTARTS = 8
 STALL_STEP = 10
 STALL_DROP = 0.1
