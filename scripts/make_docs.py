@@ -302,7 +302,8 @@ def _causal_line(architecture: str, label: str, batch: int, words: str = "8-24 w
         return None
     r = found[-1]
     tokens = f", {r['tokens_per_batch']} tokens" if "tokens_per_batch" in r else ""
-    return [f"{label}, causal LM, batch {batch}, `span`, reviews of {words}{tokens}",
+    ran = "`span`" if r.get("attacks_run", ["span"]) == ["span"] else "`span` refused, `dlg` ran"
+    return [f"{label}, causal LM, batch {batch}, {ran}, reviews of {words}{tokens}",
             f"token accuracy {r['token_accuracy']:.3f}, ROUGE-1 {r['rouge1']:.3f}, {r['exact']}/{r['sentences']} "
             f"exact, {r['seconds_per_batch']:.1f} s per batch", f"{r['date']}, `causal.jsonl`"]
 
