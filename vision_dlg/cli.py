@@ -22,6 +22,7 @@ from nlp_dlg.cliutil import (
     cli_main,
     int_list,
     matching_config,
+    non_negative_int,
     positive_int,
     set_threads,
     task_parser,
@@ -85,6 +86,10 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                         f"standard normal, for raw pixels; {BOXED_INIT_STD:g} for logits, which keeps their sigmoid "
                         "off saturation)")
     a.add_argument("--clamp", action="store_true", help="keep the pixels in [0, 1] after each step")
+    a.add_argument("--polish-steps", type=non_negative_int, default=ATTACK.polish_steps,
+                   help="after a batch's matching with its added prior, this many more steps without it (at most "
+                        "--steps), where the gradient can determine the batch; 0: none, as the paper (default: "
+                        f"{ATTACK.polish_steps})")
     a.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="let L-BFGS see the raw distance even when it starts below 1 (by default such a distance is "
                         "divided by its first value: same minimiser, but torch's absolute thresholds no longer freeze "
@@ -171,7 +176,8 @@ def _task(args: argparse.Namespace, *, device: Any) -> Any:
 
     matching = dataclasses.replace(matching_config(args, ATTACK.matching), normalize=args.normalize)
     config = ImageAttackConfig(label_method=args.label_method, matching=matching, tv=args.tv, prior=args.prior,
-                               clamp=args.clamp, box=BOX[args.box], init_std=args.init_std, log_every=args.log_every)
+                               clamp=args.clamp, box=BOX[args.box], init_std=args.init_std, log_every=args.log_every,
+                               polish_steps=args.polish_steps)
     images_dir = args.save_images or args.out.parent / (args.out.stem + "-images")
     return ImageTask(config, images_dir=images_dir, device=device)
 

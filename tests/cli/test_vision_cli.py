@@ -149,3 +149,19 @@ def test_ray_actors_give_the_rows_of_one_process_and_keep_going_past_a_failed_fi
     rows = {name: [{k: v for k, v in json.loads(line).items() if k not in varying}
                    for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()] for name in ("serial", "ray")}
     assert rows["ray"] == rows["serial"] and len(rows["serial"]) == 2
+
+
+def test_the_polish_and_the_stall_check_are_options_and_zero_turns_them_off(tmp_path):
+    from vision_dlg.cli import _task, build_parser
+
+    def config(*options):
+        args = build_parser().parse_args(["attack", "--gradients", str(tmp_path), "--out", str(tmp_path / "r"),
+                                          *options])
+        return _task(args, device="cpu").config
+
+    default = config()
+    assert default.polish_steps == 100 and default.matching.stall_step == 10 and default.matching.restarts == 8
+    paper = config("--polish-steps", "0", "--stall-step", "0", "--restarts", "1")
+    assert paper.polish_steps == 0 and paper.matching.stall_step is None and paper.matching.restarts == 1
+    with pytest.raises(SystemExit):
+        config("--polish-steps", "-1")

@@ -283,8 +283,8 @@ def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_on
     scores = [min(psnr(x, t) for x, t in zip(imgs, truth.images)) for imgs in (before, [r.image for r in polished])]
     assert scores[1] > scores[0]
     caplog.clear()
-    big = VisionModelSpec(num_classes=10, image_size=64, seed=1)
-    model, [(obs, _)] = _capture(torch.stack([skimage_photo("coffee", size=64)] * 2), [2, 5], spec=big)
+    big = VisionModelSpec(num_classes=10, image_size=48, seed=1)              # 2 x 6,912 pixels > 11,592
+    model, [(obs, _)] = _capture(torch.stack([skimage_photo("coffee", size=48)] * 2), [2, 5], spec=big)
     with caplog.at_level("INFO", logger="vision_dlg"):
         ImageAttack(model, replace(config, matching=MatchingConfig(steps=1))).attack(
             obs, generator=torch.Generator().manual_seed(0))
