@@ -3,8 +3,8 @@
 Images: faces 80.. of scikit-image's `lfw_subset` (32x32 RGB unless `--image-size`), labels (3 i + 1) mod 100,
 captured by `vision-dlg capture` in a subprocess for each LeNet seed. Each file is attacked here twice:
 
-* `paper`: DLG as published: one random start (pixels ~ N(0, 1), raw), soft labels learnt with the pixels
-  (`--label-method dlg --restarts 1 --box off`), L2, L-BFGS lr 1, 300 steps;
+* `paper`: DLG as published: one random start (pixels ~ N(0, 1), raw), soft labels learnt with the pixels, no
+  prior (`--label-method dlg --restarts 1 --box off --tv 0`), L2, L-BFGS lr 1, 300 steps;
 * `toolkit`: `vision-dlg attack`'s defaults (the label read off the gradient; a start whose distance has not
   fallen by `stall_drop` at `stall_step` is abandoned for a fresh one; the decision uses the distance alone).
 
@@ -38,7 +38,7 @@ def configs() -> dict:
     from vision_dlg import ImageAttackConfig
 
     # every step logged: the evaluations to 30 dB are counted to the step
-    paper = ImageAttackConfig(label_method="dlg", box=False, init_std=1.0, log_every=1,
+    paper = ImageAttackConfig(label_method="dlg", box=False, init_std=1.0, tv=0.0, polish_steps=0, log_every=1,
                               matching=MatchingConfig(distance="l2", steps=300, tolerance=1e-10, restarts=1))
     return {"paper": paper, "toolkit": ImageAttackConfig(log_every=1)}
 
