@@ -4,7 +4,6 @@ against the truth when it is known (the text metrics of :mod:`nlp_dlg.text.metri
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from nlp_dlg.text.metrics import format_summary, score_batch
 from nlp_dlg.text.model import tokenizer_to_load
 from nlp_dlg.text.report import Trace, write_batch_report
 from nlp_dlg.text.steps import TextStep, TextTask
-
-logger = logging.getLogger(__name__)
 
 
 class CausalLMTask(TextTask):
@@ -47,10 +44,8 @@ class CausalLMTask(TextTask):
                  device: torch.device | str | None = None, echo: Callable[[str], Any] | None = None,
                  report_dir: str | Path | None = None) -> None:
         self.config = config or CausalAttackConfig()
-        self.model, self.tokenizer, self.device = model, tokenizer, device
-        self.name_or_path, self.tokenizer_name, self.verify = name_or_path, tokenizer_name, verify
-        self.echo, self.report_dir = echo or logger.info, report_dir
-        self.place()
+        super().__init__(model=model, tokenizer=tokenizer, name_or_path=name_or_path, tokenizer_name=tokenizer_name,
+                         verify=verify, device=device, echo=echo, report_dir=report_dir)
 
 
     def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:

@@ -43,10 +43,8 @@ class ClassificationTask(TextTask):
                  name_or_path: str | None = None, tokenizer_name: str | None = None, verify: bool = True,
                  device: torch.device | str | None = None, echo: Callable[[str], Any] | None = None) -> None:
         self.config = config or CausalAttackConfig()
-        self.model, self.tokenizer, self.device, self.verify = model, tokenizer, device, verify
-        self.name_or_path, self.tokenizer_name = name_or_path, tokenizer_name
-        self.echo = echo or logger.info
-        self.place()
+        super().__init__(model=model, tokenizer=tokenizer, name_or_path=name_or_path, tokenizer_name=tokenizer_name,
+                         verify=verify, device=device, echo=echo)
 
 
     def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:

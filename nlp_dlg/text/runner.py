@@ -4,8 +4,6 @@ truth when it is known, and summarise."""
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,6 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.pipeline import BatchOutcome, Row
 from nlp_dlg.text.attack import MaskedLMAttack
 from nlp_dlg.text.config import TextAttackConfig
@@ -28,8 +25,6 @@ from nlp_dlg.text.report import Trace, write_batch_report
 from nlp_dlg.text.steps import TextStep, TextTask
 from nlp_dlg.text.task import TASK, decode_text
 from nlp_dlg.text.victim import VictimBatch
-
-logger = logging.getLogger(__name__)
 
 
 class MaskedLMTask(TextTask):
@@ -67,15 +62,9 @@ class MaskedLMTask(TextTask):
                  device: torch.device | str | None = None, echo: Callable[[str], Any] | None = None,
                  on_step: Callable[[int, TextStep], bool | None] | None = None,
                  report_dir: str | Path | None = None) -> None:
-        self.config = config or TextAttackConfig()
-        self.on_step, self.report_dir = on_step, report_dir
-        if report_dir is not None and importlib.util.find_spec("matplotlib") is None:
-            raise ConfigError("--report draws its plots with matplotlib: pip install 'nlp-dlg[report]'")
-        self.model, self.tokenizer = model, tokenizer
-        self.name_or_path, self.tokenizer_name = name_or_path, tokenizer_name
-        self.verify, self.weights, self.device = verify, weights, device
-        self.echo = echo or logger.info
-        self.place()
+        self.config, self.on_step, self.weights = config or TextAttackConfig(), on_step, weights
+        super().__init__(model=model, tokenizer=tokenizer, name_or_path=name_or_path, tokenizer_name=tokenizer_name,
+                         verify=verify, device=device, echo=echo, report_dir=report_dir)
 
 
     def check_metadata(self, metadata: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:

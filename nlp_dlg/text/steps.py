@@ -4,13 +4,17 @@ the pipeline (:class:`TextTask`), and recovered sequences as a padded batch (:fu
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.matcher import StepRecord
 from nlp_dlg.pipeline import PlacedModel
 
@@ -62,6 +66,18 @@ class TextTask(PlacedModel):
     built from the first file or adopted from an in-process victim, placed on the task's device."""
 
     tokenizer: Any = None
+    report_dir: str | Path | None = None
+
+    def __init__(self, *, model: Any, tokenizer: Any, name_or_path: str | None, tokenizer_name: str | None,
+                 verify: bool, device: torch.device | str | None, echo: Callable[[str], Any] | None,
+                 report_dir: str | Path | None = None) -> None:
+        """The options every text task takes (see each task's Args), the model placed if one is given."""
+        if report_dir is not None and importlib.util.find_spec("matplotlib") is None:
+            raise ConfigError("--report draws its plots with matplotlib: pip install 'nlp-dlg[report]'")
+        self.model, self.tokenizer, self.device, self.verify = model, tokenizer, device, verify
+        self.name_or_path, self.tokenizer_name, self.report_dir = name_or_path, tokenizer_name, report_dir
+        self.echo = echo or logging.getLogger(type(self).__module__).info    # the task module's logger
+        self.place()
 
     def adopt(self, model: Any, tokenizer: Any) -> None:
         """Attack with the in-process victim's model and tokenizer (moved to the device, if one was given)."""
