@@ -30,26 +30,25 @@ MATCHING_FLAGS = {"steps": "steps", "max_evals": "max_evaluations", "optimizer":
                   "stall_step": "stall_step", "stall_drop": "stall_drop"}
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
+def _int_from(text: str, low: int, what: str) -> int:
+    """``text`` as an integer of at least ``low``, else argparse's error naming ``what`` it should be."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_from(text, 0, "a non-negative integer")
 
 
 def positive_int(text: str) -> int:
     """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _int_from(text, 1, "a positive integer")
 
 
 def probability(text: str) -> float:
