@@ -127,11 +127,17 @@ def check_files(files: Sequence[Path], task: AttackTask) -> list[dict[str, Any]]
 
 def pair_outcomes(task: AttackTask, pairs: Iterable[tuple[Any, Any]],
                   seed: int) -> Iterator[tuple[int, str | None, BatchOutcome | Exception]]:
-    """``(batch, None, outcome)`` per in-process ``(observation, truth)``, attacked here in order."""
+    """``(batch, None, outcome)`` per in-process ``(observation, truth)``, attacked here in order; a pair whose
+    attack raises a library error gives that error as its outcome."""
     import torch
 
     for b, (observation, truth) in enumerate(pairs):
-        yield b, None, task.attack_batch(observation, truth, batch=b, generator=torch.Generator().manual_seed(seed + b))
+        try:
+            outcome: BatchOutcome | Exception = task.attack_batch(
+                observation, truth, batch=b, generator=torch.Generator().manual_seed(seed + b))
+        except (NlpDlgError, ValueError, OSError) as exc:
+            outcome = exc
+        yield b, None, outcome
 
 
 def file_outcomes(task: AttackTask, files: Sequence[Path],
@@ -151,19 +157,31 @@ def file_outcomes(task: AttackTask, files: Sequence[Path],
         yield b, str(path), outcome
 
 
+def _failed_pairs(outcomes: Iterable[tuple[int, str | None, BatchOutcome | Exception]],
+                  keep_going: bool) -> Iterator[tuple[int, str | None, BatchOutcome | Exception]]:
+    """Pairs' outcomes: a failed pair raises its error, or with ``keep_going`` is reported as ``batch b``."""
+    for b, source, outcome in outcomes:
+        if isinstance(outcome, Exception):
+            if not keep_going:
+                raise outcome
+            source = f"batch {b}"
+        yield b, source, outcome
+
+
 def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: str | Path | None = None,
                pairs: Iterable[tuple[Any, Any]] | None = None,
                on_batch: Callable[[int, BatchOutcome], None] | None = None, workers: int = 1,
-               threads: int | None = None, ray: str | None = None) -> AttackRun:
+               threads: int | None = None, ray: str | None = None, keep_going: bool = False) -> AttackRun:
     """Attack the gradient files under ``gradients`` (a file or a folder; nothing known of the data), or the
     in-process ``(observation, truth)`` ``pairs`` (scored), and write one JSON line per item to ``out``.
 
     Batch ``b`` is attacked with a CPU generator seeded ``seed + b``, so one seed gives one result. Rows from
-    files carry their ``source`` path. ``on_batch(b, outcome)`` is called after each batch (progress). Files are
-    attacked by ``workers`` processes of ``threads`` torch threads each when ``workers > 1``
+    files carry their ``source`` path. ``on_batch(b, outcome)`` is called after each batch (progress). Files and
+    pairs are attacked by ``workers`` processes of ``threads`` torch threads each when ``workers > 1``
     (:mod:`nlp_dlg.workers`; the rows are the same as one process's), on Ray actors with ``ray`` (``local``,
     ``auto`` or a cluster address). A file whose attack fails is reported in :attr:`AttackRun.failed` and the
-    others are kept.
+    others are kept; a pair's failure raises its error, unless ``keep_going`` (then it is reported as
+    ``batch b``, as a file would be).
 
     Raises:
         GradientFileError, MetadataError, ModelMismatchError: before any attack, for a file whose metadata does
@@ -172,26 +190,37 @@ def run_attack(task: AttackTask, *, out: str | Path, seed: int = 0, gradients: s
     if (gradients is None) == (pairs is None):
         raise ConfigError("run_attack: pass gradient files (gradients=...) or captured pairs (pairs=...), one of them")
     if pairs is not None:
-        total = len(pairs) if isinstance(pairs, Sequence) else None
-        outcomes = pair_outcomes(task, pairs, seed)
+        items = list(pairs) if ray is not None or workers > 1 else pairs
+        total = len(items) if isinstance(items, Sequence) else None
+        if total and (ray is not None or (workers > 1 and total > 1)):
+            outcomes = _parallel(task, items, items[0][0].metadata, seed, workers, threads, ray)  # type: ignore[index]
+        else:
+            outcomes = pair_outcomes(task, items, seed)
+        outcomes = _failed_pairs(outcomes, keep_going)
     else:
         from nlp_dlg.engine.observation import find_gradient_files
 
         files = find_gradient_files(gradients)  # type: ignore[arg-type]
         metas, total = check_files(files, task), len(files)
-        if ray is not None:
-            from nlp_dlg.workers import ray_outcomes
-
-            outcomes = ray_outcomes(task, files, metas[0], seed=seed, address=ray, workers=workers, threads=threads)
-        elif workers > 1 and len(files) > 1:
-            from nlp_dlg.workers import pooled_outcomes
-
-            outcomes = pooled_outcomes(task, files, metas[0], seed=seed, workers=workers, threads=threads)
+        if ray is not None or (workers > 1 and len(files) > 1):
+            outcomes = _parallel(task, files, metas[0], seed, workers, threads, ray)
         else:
             task.prepare(metas[0])
             outcomes = file_outcomes(task, files, seed)
     with progress_bar(total, "batch") as bar:
         return _write_rows(task, bar(outcomes), Path(out), on_batch)
+
+
+def _parallel(task: AttackTask, items: Sequence[Any], metadata: Mapping[str, Any], seed: int, workers: int,
+              threads: int | None, ray: str | None) -> Iterator[tuple[int, str | None, BatchOutcome | Exception]]:
+    """Files or pairs attacked by worker processes, or by Ray actors when ``ray`` is given."""
+    if ray is not None:
+        from nlp_dlg.workers import ray_outcomes
+
+        return ray_outcomes(task, items, metadata, seed=seed, address=ray, workers=workers, threads=threads)
+    from nlp_dlg.workers import pooled_outcomes
+
+    return pooled_outcomes(task, items, metadata, seed=seed, workers=workers, threads=threads)
 
 
 @contextmanager

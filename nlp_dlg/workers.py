@@ -1,5 +1,7 @@
 """Attack many gradient files at once: each file in its own worker process (``--workers N``), with the same
-results as one process attacking them in order.
+results as one process attacking them in order. In-process ``(observation, truth)`` pairs (a script's captures,
+scored by the workers) go the same way: each pair is sent to its worker through the pool's pipe or Ray's object
+store, never through a file.
 
 Every worker receives the task (its options; no model yet), builds the model from the first file's metadata
 once, and sets its torch thread count; then it attacks the files it is handed, batch ``b`` with a CPU generator
@@ -69,7 +71,9 @@ def _start_worker(task: Any, metadata: Mapping[str, Any], threads: int, level: i
     _WORKER.update(task=task, metadata=metadata, prepared=False)
 
 
-def _attack_file(path: str, batch: int, seed: int) -> Any:
+def _attack_item(item: str | tuple[Any, Any], batch: int, seed: int) -> Any:
+    """Attack one gradient file's path, or one in-process ``(observation, truth)`` pair (scored), as batch
+    ``batch``."""
     import torch
 
     from nlp_dlg.engine.observation import load_observation
@@ -78,38 +82,45 @@ def _attack_file(path: str, batch: int, seed: int) -> Any:
     if not _WORKER["prepared"]:     # here, not in the initializer: its error then comes back with the file
         task.prepare(_WORKER["metadata"])
         _WORKER["prepared"] = True
-    return task.attack_batch(load_observation(Path(path)), None, batch=batch,
-                             generator=torch.Generator().manual_seed(seed + batch))
+    observation, truth = (load_observation(Path(item)), None) if isinstance(item, str) else item
+    return task.attack_batch(observation, truth, batch=batch, generator=torch.Generator().manual_seed(seed + batch))
 
 
-def pooled_outcomes(task: Any, files: Sequence[Path], metadata: Mapping[str, Any], *, seed: int, workers: int,
-                    threads: int | None) -> Iterator[tuple[int, str, Any]]:
-    """``(batch, source, outcome)`` per file in file order, attacked by ``workers`` processes; ``outcome`` is the
-    task's :class:`~nlp_dlg.pipeline.BatchOutcome`, or the library error that stopped that file's attack."""
+def _jobs(items: Sequence[Path | tuple[Any, Any]]) -> list[tuple[str | None, Any]]:
+    """``(source, item)`` per item: a file's path (as a string, its own source), or a pair (no source)."""
+    return [(None, item) if isinstance(item, tuple) else (str(item), str(item)) for item in items]
+
+
+def pooled_outcomes(task: Any, items: Sequence[Path | tuple[Any, Any]], metadata: Mapping[str, Any], *, seed: int,
+                    workers: int, threads: int | None) -> Iterator[tuple[int, str | None, Any]]:
+    """``(batch, source, outcome)`` per item (a file, or an in-process pair) in order, attacked by ``workers``
+    processes; ``outcome`` is the task's :class:`~nlp_dlg.pipeline.BatchOutcome`, or the library error that
+    stopped that item's attack. ``source`` is a file's path, None for a pair."""
     per_worker = threads_per_worker(workers, threads)
-    logger.info("attacking %d file(s) in %d worker processes, %d torch thread(s) each", len(files), workers,
+    logger.info("attacking %d batch(es) in %d worker processes, %d torch thread(s) each", len(items), workers,
                 per_worker)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(files)), mp_context=get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=get_context("spawn"),
                                initializer=_start_worker,
                                initargs=(task, dict(metadata), per_worker, logging.getLogger().level))
     try:
-        futures = [pool.submit(_attack_file, str(path), b, seed) for b, path in enumerate(files)]
-        for b, (path, future) in enumerate(zip(files, futures)):
-            yield b, str(path), _result(future)
+        jobs = _jobs(items)
+        futures = [pool.submit(_attack_item, item, b, seed) for b, (_, item) in enumerate(jobs)]
+        for b, ((source, _), future) in enumerate(zip(jobs, futures)):
+            yield b, source, _result(future)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _RayWorker:
-    """One Ray actor: :func:`_start_worker` once, then :func:`_attack_file` per file, library errors returned as
-    values (as the process pool's :func:`_result` does)."""
+    """One Ray actor: :func:`_start_worker` once, then :func:`_attack_item` per file or pair, library errors
+    returned as values (as the process pool's :func:`_result` does)."""
 
     def __init__(self, task: Any, metadata: Mapping[str, Any], threads: int, level: int) -> None:
         _start_worker(task, metadata, threads, level)
 
-    def attack(self, path: str, batch: int, seed: int) -> Any:
+    def attack(self, item: Any, batch: int, seed: int) -> Any:
         try:
-            return _attack_file(path, batch, seed)
+            return _attack_item(item, batch, seed)
         except (NlpDlgError, ValueError, OSError) as exc:
             return exc
 
@@ -131,8 +142,8 @@ def connect_ray(address: str) -> Any:
     return ray
 
 
-def ray_outcomes(task: Any, files: Sequence[Path], metadata: Mapping[str, Any], *, seed: int, address: str,
-                 workers: int, threads: int | None) -> Iterator[tuple[int, str, Any]]:
+def ray_outcomes(task: Any, items: Sequence[Path | tuple[Any, Any]], metadata: Mapping[str, Any], *, seed: int,
+                 address: str, workers: int, threads: int | None) -> Iterator[tuple[int, str | None, Any]]:
     """:func:`pooled_outcomes` on Ray actors (see the module's docstring). A lost actor stops the run with a
     :class:`~nlp_dlg.engine.errors.ClusterError` (the rows before it are kept)."""
     ray = connect_ray(address)
@@ -140,20 +151,22 @@ def ray_outcomes(task: Any, files: Sequence[Path], metadata: Mapping[str, Any], 
     from ray.util import ActorPool
 
     per_worker = threads or _env_threads() or 1
-    count = min(workers, len(files))
-    logger.info("attacking %d file(s) on Ray (%s): %d actor(s), %d torch thread(s) each", len(files), address,
+    count = min(workers, len(items))
+    logger.info("attacking %d batch(es) on Ray (%s): %d actor(s), %d torch thread(s) each", len(items), address,
                 count, per_worker)
     actor = ray.remote(num_cpus=per_worker)(_RayWorker)
     actors = [actor.remote(task, dict(metadata), per_worker, logging.getLogger().level) for _ in range(count)]
     try:
-        jobs = [(str(path), b, seed) for b, path in enumerate(files)]
-        results = ActorPool(actors).map(lambda a, job: a.attack.remote(*job), jobs)
-        for path, b, _ in jobs:
+        jobs = _jobs(items)
+        calls = [(item, b) for b, (_, item) in enumerate(jobs)]
+        results = ActorPool(actors).map(lambda a, call: a.attack.remote(call[0], call[1], seed), calls)
+        for b, (source, _) in enumerate(jobs):
             try:
                 outcome = next(results)
             except RayError as exc:
-                raise ClusterError(f"Ray lost the worker attacking {path}: {str(exc).splitlines()[0]}") from exc
-            yield b, path, outcome
+                raise ClusterError(f"Ray lost the worker attacking {source or f'batch {b}'}: "
+                                   f"{str(exc).splitlines()[0]}") from exc
+            yield b, source, outcome
     finally:
         for a in actors:
             ray.kill(a)

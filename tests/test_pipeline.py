@@ -109,6 +109,18 @@ def test_workers_give_the_serial_rows_in_file_order_and_keep_going_past_a_failur
     assert pooled.failed == serial.failed and pooled.failed[0][0].endswith("batch-003.safetensors")
 
 
+def test_workers_attack_in_process_pairs_as_one_process_does_and_keep_going_reports_a_failed_pair(tmp_path):
+    pairs = [(GradientObservation({"w": torch.full((2,), float(i))}, {"task": "toy", "batch_size": 1}), f"t{i}")
+             for i in range(4)]
+    serial = run_attack(ToyTask(fail_at=2), pairs=pairs, out=tmp_path / "s.jsonl", seed=3, keep_going=True)
+    pooled = run_attack(ToyTask(fail_at=2), pairs=pairs, out=tmp_path / "p.jsonl", seed=3, keep_going=True,
+                        workers=2, threads=1)
+    assert pooled.rows == serial.rows and [r["truth"] for r in pooled.rows] == ["t0", "t1", "t3"]
+    assert pooled.failed == serial.failed == [("batch 2", "the attack failed")]
+    with pytest.raises(ValueError, match="the attack failed"):      # without keep_going a pair's error stops the run
+        run_attack(ToyTask(fail_at=2), pairs=pairs, out=tmp_path / "q.jsonl", workers=2, threads=1)
+
+
 def test_in_process_pairs_are_scored_rows_without_a_source(tmp_path):
     obs = GradientObservation({"w": torch.zeros(2)}, {"task": "toy", "batch_size": 1})
     run = run_attack(ToyTask(), pairs=[(obs, "truth-0")], out=tmp_path / "r.jsonl")

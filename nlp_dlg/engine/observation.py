@@ -53,6 +53,11 @@ class GradientObservation:
         object.__setattr__(self, "gradients", MappingProxyType(dict(self.gradients)))
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
 
+    def __reduce__(self) -> tuple[type, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """Sent whole to this toolkit's own worker processes (``run_attack(pairs=..., workers=N)``); a file is
+        always safetensors plus JSON (:func:`save_observation`)."""
+        return GradientObservation, (dict(self.gradients), dict(self.metadata))
+
     def to(self, device: torch.device | str) -> GradientObservation:
         """The same observation with its tensors on ``device`` (itself when they are already there)."""
         device = torch.device(device)
