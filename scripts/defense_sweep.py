@@ -9,10 +9,12 @@ training signal is intact). DP rows also give ε for a training run of `--dp-ste
 `--dp-rate` (Opacus' RDP accountant, δ = 1e-5).
 
 Writes `sweep.csv` (one row per modality × method × defence) and PNGs: quality vs strength per defence kind,
-and the gradient-distance curves of the matching per defence (as the paper's defence figures).
+and the gradient-distance curves of the matching per defence (as the paper's defence figures). Each
+(modality, method) is one pipeline run over every defended sample, batch `b` from the CPU generator seeded `b`:
+`--workers N` attacks them in N processes and `--ray ADDRESS` on Ray actors, with the rows of one process.
 
     .venv/bin/python scripts/defense_sweep.py --quick        # every defence kind, both modalities, <= 10 min here
-    .venv/bin/python scripts/defense_sweep.py                # the full ranges (see the README for its time)
+    .venv/bin/python scripts/defense_sweep.py --workers 2    # the full ranges (see the README for its time)
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import argparse
 import csv
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from nlp_dlg.cliutil import positive_int
 from nlp_dlg.engine import MatchingConfig, dp_epsilon, parse_defense
 from nlp_dlg.engine.distance import gradient_distance
 from nlp_dlg.engine.errors import NlpDlgError
@@ -60,15 +64,35 @@ def cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return 1.0 - float(gradient_distance([a[n] for n in names], [b[n] for n in names], "cosine"))
 
 
-def attack_one(task, obs, truth, seed: int, out: Path) -> tuple[dict | None, str, float]:
-    """One defended sample on the pipeline: its scored row (None where the attack refuses the gradient, e.g. the
-    priors are unreadable under heavy noise: nothing leaked), the refusal, and the seconds it took."""
-    started = time.perf_counter()
-    try:
-        row = unless_interrupted(run_attack(task, pairs=[(obs, truth)], out=out, seed=seed)).rows[0]
-    except NlpDlgError as exc:
-        return None, str(exc), time.perf_counter() - started
-    return row, "", time.perf_counter() - started
+class CurveFile:
+    """An ``on_step`` that appends each logged step's (evaluations, distance) to ``folder/batch-NNN.tsv``: it runs
+    wherever the batch is attacked (a worker process, a Ray actor on a shared filesystem), and the sweep reads the
+    curves back from the files."""
+
+    def __init__(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)    # an earlier sweep's curves in the same --out
+        self.folder = folder
+
+    def __call__(self, batch: int, step) -> bool:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / f"batch-{batch:03d}.tsv").open("a") as fh:
+            fh.write(f"{step.record.evaluations}\t{step.record.distance!r}\n")
+        return False
+
+    def read(self, batch: int) -> list[tuple[float, float]]:
+        path = self.folder / f"batch-{batch:03d}.tsv"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [(float(e), float(d)) for e, d in (line.split("\t") for line in lines)]
+
+
+def attack_all(task, pairs: list, out: Path, args: argparse.Namespace) -> tuple[dict[int, dict], dict[int, str]]:
+    """Every defended sample of one (modality, method) in one pipeline run, on ``--workers`` processes or Ray
+    actors: the scored row of each batch, and the refusal of each batch the attack refused (e.g. the priors are
+    unreadable under heavy noise: nothing leaked). Batch ``b`` starts from the CPU generator seeded ``b``."""
+    run = unless_interrupted(run_attack(task, pairs=pairs, out=out, seed=0, keep_going=True, workers=args.workers,
+                                        threads=args.threads, ray=args.ray))
+    refused = {int(source.split()[-1]): why for source, why in run.failed}
+    return {r["batch"]: r for r in run.rows}, refused
 
 
 def text_rows(specs: list[str], samples: int, max_evals: int, args: argparse.Namespace, curves: dict) -> list[dict]:
@@ -87,44 +111,45 @@ def text_rows(specs: list[str], samples: int, max_evals: int, args: argparse.Nam
     sentences = [s for s in SENTENCES.read_text().splitlines() if s.strip()][:samples]
     clean = capture_gradients(model, tokenizer, sentences, CaptureConfig(), model_info=info,
                               generator=torch.Generator().manual_seed(7))
-    rows = []
-    for d in specs:
-        defended = capture_gradients(model, tokenizer, sentences, CaptureConfig(defense=None if d == "none" else d),
-                                     model_info=info, generator=torch.Generator().manual_seed(7),
-                                     defense_generator=torch.Generator().manual_seed(11))
-        rows += text_attacks(d, defended, clean, model, tokenizer, max_evals, args, curves)
-    return rows
+    defended = {d: capture_gradients(model, tokenizer, sentences,
+                                     CaptureConfig(defense=None if d == "none" else d), model_info=info,
+                                     generator=torch.Generator().manual_seed(7),
+                                     defense_generator=torch.Generator().manual_seed(11)) for d in specs}
+    victim = {} if args.workers > 1 or args.ray else {"model": model, "tokenizer": tokenizer}  # workers build theirs
+    return text_attacks(defended, clean, victim, max_evals, args, curves)
 
 
-def text_attacks(d: str, defended: list, clean: list, model, tokenizer, max_evals: int, args: argparse.Namespace,
+def text_attacks(defended: dict[str, list], clean: list, victim: dict, max_evals: int, args: argparse.Namespace,
                  curves: dict) -> list[dict]:
     from nlp_dlg.text import MaskedLMTask, TextAttackConfig
 
     rows = []
+    samples = [(d, i, pair, clean_pair[0]) for d, pairs in defended.items()
+               for i, (pair, clean_pair) in enumerate(zip(pairs, clean))]
     for method in [m for m in ("dlg", "span") if m in args.methods]:
         config = TextAttackConfig(method=method, matching=MatchingConfig(distance="cosine", steps=1000,
                                                                          max_evaluations=max_evals))
-        for i, ((obs, truth), (clean_obs, _)) in enumerate(zip(defended, clean)):
-            history: list[tuple[float, float]] = []
-            task = MaskedLMTask(config, model=model, tokenizer=tokenizer, echo=lambda line: None,
-                                on_step=lambda b, step, h=history: h.append((step.record.evaluations,
-                                                                              step.record.distance)))
-            rec, refused, seconds = attack_one(task, obs, truth, i, args.out / "attacks" / f"text-{method}.jsonl")
+        curve = CurveFile(args.out / "curves" / f"text-{method}")
+        task = MaskedLMTask(config, **victim, on_step=curve)
+        recs, refused = attack_all(task, [pair for _, _, pair, _ in samples], args.out / "attacks" /
+                                   f"text-{method}.jsonl", args)
+        for b, (d, i, (obs, _), clean_obs) in enumerate(samples):
             row = {"modality": "text", "method": method, "defense": d, **dict(zip(("kind", "strength"),
                                                                                    kind_and_strength(d))),
                    "sample": i, "epsilon": _epsilon(d, args),
                    "utility_cosine": round(cosine(dict(obs.gradients), dict(clean_obs.gradients)), 6)}
-            if rec is None:
-                print(f"text   {method:5} {d:14} [{i}] attack refused: {refused}", flush=True)
+            if b in refused:
+                print(f"text   {method:5} {d:14} [{i}] attack refused: {refused[b]}", flush=True)
                 rows.append({**row, "token_accuracy": 0.0, "rouge1": 0.0, "rouge2": 0.0})
                 continue
+            rec = recs[b]
             if method == "dlg" and i == 0:
-                curves.setdefault(("text", "dlg"), {})[d] = history
+                curves.setdefault(("text", "dlg"), {})[d] = curve.read(b)
             rows.append({**row, "token_accuracy": round(rec["token_accuracy"], 4), "rouge1": round(rec["rouge1"], 4),
                          "rouge2": round(rec["rouge2"], 4), "final_distance": rec["distance"],
-                         "gradient_evaluations": rec["gradient_evaluations"], "seconds": round(seconds, 1)})
+                         "gradient_evaluations": rec["gradient_evaluations"], "seconds": round(rec["seconds"], 1)})
             print(f"text   {method:5} {d:14} [{i}] tokacc {rec['token_accuracy']:.3f} "
-                  f"cos {row['utility_cosine']:.4f} {seconds:.0f}s  {rec['reconstruction'][:60]}", flush=True)
+                  f"cos {row['utility_cosine']:.4f} {rec['seconds']:.0f}s  {rec['reconstruction'][:60]}", flush=True)
     return rows
 
 
@@ -143,43 +168,46 @@ def vision_rows(specs: list[str], samples: int, steps: int, args: argparse.Names
     images = torch.stack([dataset_image("lfw-subset", 60 + i)[0] for i in range(samples)])
     labels = [(13 * i + 2) % 100 for i in range(samples)]
     clean = capture_images(model, images, labels, model_info=info)
-    rows = []
     methods = [(m, lm) for m, lm in (("dlg", "dlg"), ("default", "analytic"))
                if m in args.methods or (m == "default" and "span" in args.methods)]
-    for d in specs:
-        defended = capture_images(model, images, labels, model_info=info, defense=None if d == "none" else d,
-                                  defense_generator=torch.Generator().manual_seed(11))
-        rows += vision_attacks(d, defended, clean, model, methods, steps, args, curves)
-    return rows
+    defended = {d: capture_images(model, images, labels, model_info=info, defense=None if d == "none" else d,
+                                  defense_generator=torch.Generator().manual_seed(11)) for d in specs}
+    victim = {} if args.workers > 1 or args.ray else {"model": model}
+    return vision_attacks(defended, clean, victim, methods, steps, args, curves)
 
 
-def vision_attacks(d: str, defended: list, clean: list, model, methods: list, steps: int, args: argparse.Namespace,
-                   curves: dict) -> list[dict]:
+def vision_attacks(defended: dict[str, list], clean: list, victim: dict, methods: list, steps: int,
+                   args: argparse.Namespace, curves: dict) -> list[dict]:
     from vision_dlg import ImageAttackConfig, ImageTask
 
     rows = []
+    samples = [(d, i, pair, clean_pair[0]) for d, pairs in defended.items()
+               for i, (pair, clean_pair) in enumerate(zip(pairs, clean))]
     for method, label_method in methods:
         config = ImageAttackConfig(label_method=label_method, log_every=1,
                                    matching=MatchingConfig(steps=steps, tolerance=1e-10))
-        for i, ((obs, truth), (clean_obs, _)) in enumerate(zip(defended, clean)):
-            history: list[tuple[float, float]] = []
-            task = ImageTask(config, images_dir=args.out / "images" / f"{method}-{d.replace(':', '_')}", model=model,
-                             echo=lambda line: None, grid_every=steps // 6 or 1,
-                             on_step=lambda b, step, h=history: h.append((step.record.evaluations,
-                                                                           step.record.distance)))
-            rec, _, seconds = attack_one(task, obs, truth, i, args.out / "attacks" / f"vision-{method}.jsonl")
+        curve = CurveFile(args.out / "curves" / f"vision-{method}")
+        task = ImageTask(config, images_dir=args.out / "images" / method, **victim, grid_every=steps // 6 or 1,
+                         on_step=curve)
+        recs, refused = attack_all(task, [pair for _, _, pair, _ in samples], args.out / "attacks" /
+                                   f"vision-{method}.jsonl", args)
+        for b, (d, i, (obs, _), clean_obs) in enumerate(samples):
+            if b in refused:
+                print(f"vision {method:7} {d:14} [{i}] attack failed: {refused[b]}", flush=True)
+                continue
+            rec = recs[b]
             if method == "dlg" and i == 0:
-                curves.setdefault(("vision", "dlg"), {})[d] = history
+                curves.setdefault(("vision", "dlg"), {})[d] = curve.read(b)
             rows.append({"modality": "vision", "method": method, "defense": d,
                          **dict(zip(("kind", "strength"), kind_and_strength(d))), "sample": i, "mse": rec["mse"],
                          "psnr": round(min(rec["psnr"], 99.0), 2), "ssim": round(rec["ssim"], 4),
                          "label_accuracy": float(rec["label_correct"]),
                          "utility_cosine": round(cosine(dict(obs.gradients), dict(clean_obs.gradients)), 6),
                          "epsilon": _epsilon(d, args), "final_distance": rec["distance"],
-                         "gradient_evaluations": rec["gradient_evaluations"], "seconds": round(seconds, 1)})
+                         "gradient_evaluations": rec["gradient_evaluations"], "seconds": round(rec["seconds"], 1)})
             print(f"vision {method:7} {d:14} [{i}] PSNR {rows[-1]['psnr']:.1f} SSIM {rec['ssim']:.3f} label "
-                  f"{'ok' if rec['label_correct'] else 'wrong'} cos {rows[-1]['utility_cosine']:.4f} {seconds:.0f}s",
-                  flush=True)
+                  f"{'ok' if rec['label_correct'] else 'wrong'} cos {rows[-1]['utility_cosine']:.4f} "
+                  f"{rec['seconds']:.0f}s", flush=True)
     return rows
 
 
@@ -228,6 +256,12 @@ def main() -> None:
                     help="only these defences (e.g. none laplace:1e-2; default: the quick or full list)")
     ap.add_argument("--dp-rate", type=float, default=0.01, help="sampling rate for the epsilon column (default: 0.01)")
     ap.add_argument("--dp-steps", type=int, default=1000, help="training steps for the epsilon column (default: 1000)")
+    ap.add_argument("--workers", type=positive_int, default=1,
+                    help="attack the samples in N worker processes (same rows as one process; default: 1)")
+    ap.add_argument("--threads", type=positive_int, default=None,
+                    help="torch threads per worker (default: the cores shared out)")
+    ap.add_argument("--ray", metavar="ADDRESS", default=None,
+                    help="attack on Ray actors instead (--workers of them): local, auto or a cluster address")
     ap.add_argument("--out", type=Path, default=Path("runs/defense_sweep"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
