@@ -6,7 +6,7 @@ every gradient file in a fresh subprocess (so its peak resident memory is its ow
 reconstructions against the sentences (Hungarian pairing inside a batch).
 
     .venv/bin/python benchmarks/bench_methods.py [--batch-sizes 1 8] [--methods span dlg naive]
-        [--models random minilm] [--max-evals 600] [--reviews 32 --max-words 14]
+        [--models random minilm] [--max-evals 600] [--reviews 32 --max-words 14] [--workers 2]
 
 ``--reviews N`` attacks N held-out Rotten Tomatoes reviews (``benchmarks/realtext.py``, ``make realtext``) of
 8 to ``--max-words`` words instead of the sentences file: the public-domain file has 16 sentences, too few for a
@@ -45,6 +45,7 @@ def attack_one(args: argparse.Namespace) -> None:
     from nlp_dlg.pipeline import run_attack, unless_interrupted
     from nlp_dlg.text import MaskedLMTask, TextAttackConfig, summarize
     from nlp_dlg.text.runner import score_rows
+    from nlp_dlg.workers import threads_per_worker
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()]
@@ -53,13 +54,21 @@ def attack_one(args: argparse.Namespace) -> None:
                               matching=MatchingConfig(distance="l2" if naive else "cosine", steps=1000,
                                                       max_evaluations=args.max_evals),
                               patience=None if args.method == "span" else 3)
-    task = MaskedLMTask(config, echo=lambda line: None)
-    task.prepare(read_metadata(find_gradient_files(args.gradients)[0]))  # the model is built before the clock starts
+    task = MaskedLMTask(config)     # progress to the module's logger: silent at WARNING, and it pickles for workers
+    if args.workers == 1:
+        task.prepare(read_metadata(find_gradient_files(args.gradients)[0]))  # the model is built before the clock
     ends = [time.perf_counter()]
     with tempfile.TemporaryDirectory() as tmp:
         run = unless_interrupted(run_attack(task, gradients=args.gradients, out=Path(tmp) / "rows.jsonl", seed=0,
+                                            workers=args.workers,
                                             on_batch=lambda b, outcome: ends.append(time.perf_counter())))
-    seconds = [b - a for a, b in zip(ends, ends[1:])]
+    if args.workers == 1:
+        seconds = [b - a for a, b in zip(ends, ends[1:])]
+    else:   # the batches overlap: each batch's own attack time, as its rows record it
+        batches = sorted({r["batch"] for r in run.rows})
+        seconds = [max(r["seconds"] for r in run.rows if r["batch"] == b) for b in batches]
+    if task.tokenizer is None:      # the workers built theirs: the parent's scores the rows
+        task.prepare(read_metadata(find_gradient_files(args.gradients)[0]))
     rows = score_rows(run.rows, sentences, task.tokenizer)
     means = summarize(rows)
     print(json.dumps({"sentences": len(rows), "batches": len(seconds),
@@ -69,8 +78,11 @@ def attack_one(args: argparse.Namespace) -> None:
                       "certified": sum(bool(r.get("certified")) for r in rows),
                       "seconds_per_batch": round(sum(seconds) / len(seconds), 1),
                       "gradient_evaluations_per_batch": round(means["gradient_evaluations"], 1),
-                      "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-                      "torch_threads": torch.get_num_threads(),
+                      "peak_rss_gib": round(max(resource.getrusage(who).ru_maxrss for who in
+                                                (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 2**20, 2),
+                      "workers": args.workers,
+                      "torch_threads": (torch.get_num_threads() if args.workers == 1 else
+                                        threads_per_worker(args.workers, None)),     # per process
                       "rows": [{k: r[k] for k in ("batch", "index", "reconstruction", "token_accuracy",
                                                   "exact_match")} for r in rows]}))
 
@@ -82,6 +94,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", choices=["span", "dlg", "naive"], default=["span", "dlg", "naive"])
     ap.add_argument("--models", nargs="+", choices=["random", "minilm"], default=["random", "minilm"])
     ap.add_argument("--max-evals", type=int, default=600)
+    ap.add_argument("--workers", type=int, default=1, help="attack the files in N processes (nlp_dlg.workers); "
+                    "seconds per batch are then each batch's own attack time, not the wall clock (default: 1)")
     ap.add_argument("--limit", type=int, default=None, help="first N sentences only (default: all)")
     ap.add_argument("--reviews", type=int, default=None, help="N real reviews instead of --sentences (realtext.py)")
     ap.add_argument("--max-words", type=int, default=14, help="longest review kept with --reviews (default: 14)")
@@ -118,7 +132,7 @@ def main() -> None:
                 for method in args.methods:
                     done = subprocess.run([sys.executable, __file__, "--one", "--gradients", tmp, "--method", method,
                                            "--batch-size", str(bs), "--sentences", str(args.sentences),
-                                           "--max-evals", str(args.max_evals)],
+                                           "--max-evals", str(args.max_evals), "--workers", str(args.workers)],
                                           check=True, stdout=subprocess.PIPE, text=True)
                     row = {"model": model, "batch_size": bs, "method": method, "max_evals": args.max_evals,
                            "data": (f"{args.reviews} rotten tomatoes reviews of 8-{args.max_words} words"
