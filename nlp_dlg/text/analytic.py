@@ -46,7 +46,8 @@ PAIR_GAP = 1.5            # residual jump that separates a batch's (token, posit
 PAIR_CONTEXTS = 3         # random contexts of the pair filter; a token any of them keeps stays
 CUT_FRACTION = 0.5        # the pair filter separates only when at least this share of positions shows a jump
 SELECTIVE_FRACTION = 0.5  # below this mean share of the batch's tokens per position, no pair filter
-RELAX_STEPS = 200         # Adam steps of one relaxed start
+RELAX_STEPS = 200         # Adam steps of one relaxed start after a fruitless round at its length
+RELAX_STEPS_FIRST = 40    # and while the rounds at its length yield (at random init 40 find what 200 do)
 RELAX_FINAL_TEMPERATURE = 0.05
 LABEL_RESIDUAL = 1e-2     # a known position is labelled when its final hidden state is this near the head's row space
 AVOID_WEIGHT = 2e-3       # penalty on a found sentence's tokens (the residual² of a mixture is ~4e-4)
@@ -190,15 +191,20 @@ def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, flat_pos: torch
              flat_inputs: torch.Tensor, max_sweeps: int) -> torch.Tensor:
     """Coordinate descent, all inner positions at once: each takes the candidate whose substituted
     first-layer output is nearest the second layer's span, the rest of the sentence held fixed. It finds
-    the sentence from a start with about three quarters of its tokens right, not from a random one."""
+    the sentence from a start with about three quarters of its tokens right, not from a random one. It stops at a
+    fixed point, or where a sweep comes back to a sentence it visited (the sweeps are deterministic: they would
+    cycle through the same sentences until ``max_sweeps``)."""
+    visited = {tuple(ids.tolist())}
     for _ in range(max_sweeps):
         res = span2.residual(first.substituted(first.inputs(ids), flat_pos, flat_inputs))      # (N,)
         new = ids.clone()
         for p in range(1, len(ids) - 1):
             sel = (flat_pos == p).nonzero().flatten()
             new[p] = flat_ids[sel[res[sel].argmin()]]
-        if torch.equal(new, ids):
-            break
+        key = tuple(new.tolist())
+        if key in visited:
+            return new
+        visited.add(key)
         ids = new
     return ids
 
@@ -399,12 +405,15 @@ class _SentenceSearch:
         return False
 
     def round(self, length: int) -> int:
-        """Relaxed starts at ``length``, each polished by :func:`_descend`; returns the new certified sentences."""
+        """Relaxed starts at ``length``, each polished by :func:`_descend`; returns the new certified sentences.
+        The starts are short (``RELAX_STEPS_FIRST``) while the rounds at this length yield, full after a fruitless
+        one."""
         device = self.searches[length][0][0].device
         avoid = [torch.tensor(s, device=device) for s in self.found if len(s) == length]
+        steps = RELAX_STEPS if self.fruitless[length] else RELAX_STEPS_FIRST
         with torch.enable_grad():
             begun = _relaxed_starts(self.first, self.span2, self._options(length), avoid, self.starts,
-                                    self.generator)
+                                    self.generator, steps)
         new = 0
         with torch.no_grad():
             for start in begun:
@@ -428,20 +437,33 @@ class _SentenceSearch:
             self.fruitless.update(dict.fromkeys(short, 0))
 
     def while_yielding(self) -> None:
-        """Each length (longest first) again while its rounds find new sentences."""
+        """Each length (longest first) again while its rounds find new sentences and it :meth:`fits`."""
         for length in self.searches:
-            while not self.complete and self.fruitless[length] == 0 and self.round(length):
+            while not self.complete and self.fruitless[length] == 0 and self.fits(length) and self.round(length):
                 pass
 
     def retry(self, max_fruitless: int) -> None:
         """While sentences are missing: lengths with no sentence yet first (each holds at least one), until every
         length had ``max_fruitless`` rounds in a row without a new sentence."""
         while not self.complete:
-            open_lengths = [n for n in self.searches if self.fruitless[n] < max_fruitless]
+            open_lengths = [n for n in self.searches if self.fruitless[n] < max_fruitless and self.fits(n)]
             if not open_lengths:
                 return
             have = {len(s) for s in self.found}
             self.round(min(open_lengths, key=lambda n: (n in have, -n)))
+
+    def fits(self, length: int) -> bool:
+        """Whether a missing sentence can have ``length`` tokens: the second span has one dimension per token of the
+        batch, so the missing sentences' lengths sum to its rank less the found ones' (the last one's length is
+        that rest). True for every length where none fits (a rank that does not count the tokens, e.g. two equal
+        sentences)."""
+        missing = self.batch_size - len(self.found)
+        rest = self.span2.rank - sum(len(s) for s in self.found)
+        shortest = min(self.searches, default=0)
+
+        def possible(n: int) -> bool:
+            return n == rest if missing == 1 else n <= rest - (missing - 1) * shortest
+        return possible(length) or not any(possible(n) for n in self.searches)
 
     def result(self) -> list[AssembledSentence]:
         found = list(self.found.values())[:self.batch_size]
