@@ -78,7 +78,8 @@ METHOD_COLS = (DATE, Col("model", "model"), Col("batch", "batch_size"), Col("met
                Col("eval cap", "max_evals"), Col("token acc.", "token_accuracy", ".3f"),
                Col("ROUGE-1", "rouge1", ".3f"),
                Col("exact", _frac("exact_match", "sentences")), Col("certified", _frac("certified", "sentences")),
-               Col("s/batch", "seconds_per_batch", ".1f"), Col("peak GiB", "peak_rss_gib", ".2f"))
+               Col("s/batch", "seconds_per_batch", ".1f"), Col("threads", "torch_threads"),
+               Col("peak GiB", "peak_rss_gib", ".2f"), Col("data", "data"))
 TABLE1_COLS = (DATE, Col("model", "model"), Col("size", "image_size"), Col("batch", "batch_size"), Col("mode", "mode"),
                Col("distance", "distance"), Col("restored", "restored"), Col("steps", "steps_to_restore"),
                Col("evals", "evaluations_to_restore"), Col("s to restore", "seconds_to_restore", ".1f"),
@@ -88,10 +89,12 @@ HELD = "held-out sentences of `benchmarks/data/public_domain_sentences.txt` (ope
 
 SECTIONS = (
     Section("methods.jsonl", "Text: the attacks by model, batch size and method",
-            f"BERT masked-LM; {HELD}, captured by `nlp-dlg capture` in another process (15% masking, mask seed "
+            f"BERT masked-LM; {HELD} (`data` –), or held-out Rotten Tomatoes reviews where `data` says so "
+            "(`--reviews N`), captured by `nlp-dlg capture` in another process (15% masking, mask seed "
             "1234), Hungarian pairing inside a batch; `random`: BERT-base random init, `minilm`: the pretrained "
-            "all-MiniLM-L6-v2 encoder with a seeded MLM head", "python benchmarks/bench_methods.py --models M "
-            "--methods X --batch-sizes B [--limit N] [--max-evals E]", METHOD_COLS),
+            "all-MiniLM-L6-v2 encoder with a seeded MLM head; `threads`: torch threads per process (–: not "
+            "recorded, torch's default: the machine's 2 cores)", "python benchmarks/bench_methods.py --models M "
+            "--methods X --batch-sizes B [--limit N | --reviews N] [--max-evals E]", METHOD_COLS),
     Section("methods_previous.jsonl", "Text: rows the current code superseded",
             "as above, before the pair-filter change and peeling", "as above", METHOD_COLS),
     Section("causal.jsonl", "Text: causal-LM fine-tuning (GPT-2 and LLaMA families), the exact span method",
@@ -261,8 +264,11 @@ def _method_line(model: str, label: str, batch: int) -> list[str] | None:
     r = _latest("methods.jsonl", model=model, method="span", batch_size=batch)
     if r is None:
         return None
-    return [f"{label}, masked-LM, batch {batch}, `span`", f"token accuracy {r['token_accuracy']:.3f}, "
-            f"{_frac('exact_match', 'sentences')(r)} exact, {r['seconds_per_batch']:.1f} s per batch",
+    data = f", {r['data']}" if "reviews" in r.get("data", "") else ""
+    threads = f" on {r['torch_threads']} thread{'s' * (r['torch_threads'] > 1)}" if "torch_threads" in r else ""
+    return [f"{label}, masked-LM, batch {batch}, `span`{data}", f"token accuracy {r['token_accuracy']:.3f}, "
+            f"{_frac('exact_match', 'sentences')(r)} exact, {_frac('certified', 'sentences')(r)} certified, "
+            f"{r['seconds_per_batch']:.1f} s per batch{threads}, peak {r['peak_rss_gib']:.1f} GiB",
             f"{r['date']}, `methods.jsonl`"]
 
 
@@ -319,7 +325,7 @@ def _classify_line(batch: int) -> list[str] | None:
 
 
 def headline_md() -> str:
-    lines = [_method_line("random", "BERT-base random init", b) for b in (1,)]
+    lines = [_method_line("random", "BERT-base random init", b) for b in (1, 8, 32)]
     lines += [_causal_line("gpt2", "GPT-2 random init", 8)]
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8)]

@@ -300,7 +300,7 @@ class MaskedLMAttack:
         logger.info("span check: rank %d; candidates per position %s", span1.rank, [len(c) for c in candidates])
         span2 = attention_input_span(grads, self.model, 1, batch_size * length)
         search = search_sentences(self.model, span2, candidates, batch_size, cls_id=tok.cls_token_id,
-                                  sep_id=tok.sep_token_id, generator=generator)
+                                  sep_id=tok.sep_token_id, generator=generator, peel_later=self.config.peel)
         sentences = search.result()
         if not sentences:
             raise SpanUnavailable("no sentence fits the attention spans")
