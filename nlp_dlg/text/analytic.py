@@ -47,7 +47,7 @@ PAIR_CONTEXTS = 3         # random contexts of the pair filter; a token any of t
 CUT_FRACTION = 0.5        # the pair filter separates only when at least this share of positions shows a jump
 SELECTIVE_FRACTION = 0.5  # below this mean share of the batch's tokens per position, no pair filter
 RELAX_STEPS = 200         # Adam steps of one relaxed start after a fruitless round at its length
-RELAX_STEPS_FIRST = 40    # and while the rounds at its length yield (at random init 40 find what 200 do)
+RELAX_STEPS_FIRST = 20    # and while the rounds at its length yield (at random init 20 find what 200 do)
 RELAX_FINAL_TEMPERATURE = 0.05
 LABEL_RESIDUAL = 1e-2     # a known position is labelled when its final hidden state is this near the head's row space
 AVOID_WEIGHT = 2e-3       # penalty on a found sentence's tokens (the residual² of a mixture is ~4e-4)
@@ -416,9 +416,9 @@ class _SentenceSearch:
                                     self.generator, steps)
         new = 0
         with torch.no_grad():
-            for start in begun:
-                new += self._keep(_descend(self.first, self.span2, start, *self.searches[length][1],
-                                           self.max_sweeps), length)
+            for start in dict.fromkeys(tuple(s.tolist()) for s in begun):     # a start drawn twice descends once
+                new += self._keep(_descend(self.first, self.span2, torch.tensor(start, device=device),
+                                           *self.searches[length][1], self.max_sweeps), length)
         self.fruitless[length] = 0 if new else self.fruitless[length] + 1
         return new
 
