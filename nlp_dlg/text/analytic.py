@@ -49,6 +49,7 @@ SELECTIVE_FRACTION = 0.5  # below this mean share of the batch's tokens per posi
 RELAX_STEPS = 200         # Adam steps of one relaxed start after a fruitless round at its length
 RELAX_STEPS_FIRST = 20    # and while the rounds at its length yield (at random init 20 find what 200 do)
 RELAX_FINAL_TEMPERATURE = 0.05
+DESCENT_PATIENCE = 4      # sweeps of the coordinate descent without a new lowest sentence residual: it stops
 LABEL_RESIDUAL = 1e-2     # a known position is labelled when its final hidden state is this near the head's row space
 AVOID_WEIGHT = 2e-3       # penalty on a found sentence's tokens (the residual² of a mixture is ~4e-4)
 
@@ -192,11 +193,19 @@ def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, flat_pos: torch
     """Coordinate descent, all inner positions at once: each takes the candidate whose substituted
     first-layer output is nearest the second layer's span, the rest of the sentence held fixed. It finds
     the sentence from a start with about three quarters of its tokens right, not from a random one. It stops at a
-    fixed point, or where a sweep comes back to a sentence it visited (the sweeps are deterministic: they would
-    cycle through the same sentences until ``max_sweeps``)."""
+    fixed point, where a sweep comes back to a sentence it visited (the sweeps are deterministic: they would
+    cycle through the same sentences until ``max_sweeps``), or after ``DESCENT_PATIENCE`` sweeps without a new
+    lowest residual of the sentence (BERT-base random init, batch 8: the 14 descents that found a sentence did
+    so within 6 sweeps, their lowest residual falling at least every 4; the others swing between two levels
+    until ``max_sweeps``)."""
     visited = {tuple(ids.tolist())}
+    best, since = math.inf, 0
     for _ in range(max_sweeps):
         res = span2.residual(first.substituted(first.inputs(ids), flat_pos, flat_inputs))      # (N,)
+        current = float(res[flat_ids == ids[flat_pos]].mean())      # each position's own token: the sentence's
+        best, since = (current, 0) if current < best else (best, since + 1)
+        if since >= DESCENT_PATIENCE:
+            return ids
         new = ids.clone()
         for p in range(1, len(ids) - 1):
             sel = (flat_pos == p).nonzero().flatten()
