@@ -193,28 +193,27 @@ class MaskedLMAttack:
         The masked-LM loss is the mean over the batch's M labelled positions and the sentences of a batch
         do not interact, so the batch gradient is ``Σ_b (m_b / M) g_b`` with ``g_b`` sentence b's own gradient
         over its ``m_b`` labels. The certified sentences (labels placed by :func:`label_known_sentences`) give
-        their ``g_b`` exactly; what is left, rescaled to the remaining labels, is the gradient of the other
-        sentences as a batch of their own: smaller spans, fewer candidates, cheaper matching."""
-        rows = guess.rows_certified.nonzero().flatten().tolist()
-        labels = guess.labels
-        rest = {n: g.double() for n, g in observation.gradients.items()}
-        size = {n: g.abs() for n, g in rest.items()}   # the magnitude of what is summed, for the rounding
-        removed = 0
-        for b in rows:
-            count = int((labels[b] != -100).sum())
-            removed += count
-            own = masked_lm_gradient(self.model, guess.inputs[b:b + 1], guess.mask[b:b + 1], labels[b:b + 1])
-            for n in rest:
-                share = own[n].double() * (count / priors.num_labelled)
-                rest[n] -= share
-                size[n] += share.abs()
-        for n in rest:  # what only the certified sentences touched is float32 rounding: exactly zero, as in a batch
-            rest[n][rest[n].abs() <= PEEL_ROUNDING * size[n]] = 0.0
+        their share exactly, in one pass: their own batch's mean loss is ``Σ_b m_b g_b / Σ_b m_b``. What is left,
+        rescaled to the remaining labels, is the gradient of the other sentences as a batch of their own: smaller
+        spans, fewer candidates, cheaper matching."""
+        rows = guess.rows_certified.nonzero().flatten()
+        labels = guess.labels[rows]
+        removed = int((labels != -100).sum())
+        own = masked_lm_gradient(self.model, guess.inputs[rows], guess.mask[rows], labels)
         scale = priors.num_labelled / max(priors.num_labelled - removed, 1)
+        rest = {}
+        for n, g in observation.gradients.items():
+            left = g.to(torch.float64, copy=True)        # never the observation itself
+            share = own[n].double().mul_(removed / priors.num_labelled)
+            size = left.abs().add_(share.abs())        # the magnitude of what was summed, for the rounding
+            left.sub_(share)
+            # what only the certified sentences touched is float32 rounding: exactly zero, as in a batch
+            left[left.abs() <= PEEL_ROUNDING * size] = 0.0
+            rest[n] = left.mul_(scale).float()
         # a gradient now (a FedAvg delta was converted before): no "update" to convert again
         metadata = {k: v for k, v in observation.metadata.items() if k != "update"}
         metadata["batch_size"] = len(guess.rows_certified) - len(rows)
-        return GradientObservation({n: (g * scale).float() for n, g in rest.items()}, metadata)
+        return GradientObservation(rest, metadata)
 
     def _analytic(self, observation: GradientObservation, priors: MaskedLMPriors, batch_size: int,
                   generator: torch.Generator) -> AnalyticGuess | None:
