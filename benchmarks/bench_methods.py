@@ -54,7 +54,9 @@ def attack_one(args: argparse.Namespace) -> None:
                               matching=MatchingConfig(distance="l2" if naive else "cosine", steps=1000,
                                                       max_evaluations=args.max_evals),
                               patience=None if args.method == "span" else 3)
-    task = MaskedLMTask(config)     # progress to the module's logger: silent at WARNING, and it pickles for workers
+    # progress to the module's logger: silent at WARNING, and it pickles for workers; a pretrained checkpoint is
+    # loaded only from the path the benchmark names (a file's recorded path is never followed)
+    task = MaskedLMTask(config, name_or_path=args.model)
     if args.workers == 1:
         task.prepare(read_metadata(find_gradient_files(args.gradients)[0]))  # the model is built before the clock
     ends = [time.perf_counter()]
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "methods.jsonl")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gradients", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -132,7 +135,8 @@ def main() -> None:
                 for method in args.methods:
                     done = subprocess.run([sys.executable, __file__, "--one", "--gradients", tmp, "--method", method,
                                            "--batch-size", str(bs), "--sentences", str(args.sentences),
-                                           "--max-evals", str(args.max_evals), "--workers", str(args.workers)],
+                                           "--max-evals", str(args.max_evals), "--workers", str(args.workers),
+                                           *model_args],
                                           check=True, stdout=subprocess.PIPE, text=True)
                     row = {"model": model, "batch_size": bs, "method": method, "max_evals": args.max_evals,
                            "data": (f"{args.reviews} rotten tomatoes reviews of 8-{args.max_words} words"

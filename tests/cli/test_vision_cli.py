@@ -151,6 +151,34 @@ def test_ray_actors_give_the_rows_of_one_process_and_keep_going_past_a_failed_fi
     assert rows["ray"] == rows["serial"] and len(rows["serial"]) == 2
 
 
+@pytest.mark.ray
+def test_ray_actors_attack_in_process_pairs_and_score_them_as_one_process_does(tmp_path):
+    """In-process captures (scored) on a local Ray instance with 2 actors: the rows of one process, in order."""
+    ray = pytest.importorskip("ray")
+    import torch
+
+    from nlp_dlg.engine import MatchingConfig
+    from nlp_dlg.pipeline import run_attack
+    from vision_dlg import ImageAttackConfig, ImageTask, VisionModelSpec, build_model, capture_images, model_metadata
+    from vision_dlg.data import skimage_photo
+
+    spec = VisionModelSpec(num_classes=10, image_size=16)
+    model = build_model(spec)
+    images = torch.stack([skimage_photo(name, size=16) for name in ("coffee", "astronaut", "chelsea")])
+    pairs = capture_images(model, images, [1, 4, 7], model_info=model_metadata(model, spec))
+    config = ImageAttackConfig(matching=MatchingConfig(steps=3))
+    serial = run_attack(ImageTask(config, images_dir=tmp_path / "s"), pairs=pairs, out=tmp_path / "s.jsonl")
+    try:
+        on_ray = run_attack(ImageTask(config, images_dir=tmp_path / "r"), pairs=pairs, out=tmp_path / "r.jsonl",
+                            ray="local", workers=2, threads=1)
+    finally:
+        ray.shutdown()
+    varying = ("seconds", "image", "progress_grid")
+    assert [{k: v for k, v in r.items() if k not in varying} for r in on_ray.rows] == \
+        [{k: v for k, v in r.items() if k not in varying} for r in serial.rows]
+    assert len(serial.rows) == 3 and "psnr" in serial.rows[0]
+
+
 def test_the_polish_and_the_stall_check_are_options_and_zero_turns_them_off(tmp_path):
     from vision_dlg.cli import _task, build_parser
 
