@@ -117,8 +117,9 @@ def test_workers_attack_in_process_pairs_as_one_process_does_and_keep_going_repo
                         workers=2, threads=1)
     assert pooled.rows == serial.rows and [r["truth"] for r in pooled.rows] == ["t0", "t1", "t3"]
     assert pooled.failed == serial.failed == [("batch 2", "the attack failed")]
-    with pytest.raises(ValueError, match="the attack failed"):      # without keep_going a pair's error stops the run
-        run_attack(ToyTask(fail_at=2), pairs=pairs, out=tmp_path / "q.jsonl", workers=2, threads=1)
+    # without keep_going a pair's error stops the run, pooled or not (one code path: _failed_pairs)
+    with pytest.raises(ValueError, match="the attack failed"):
+        run_attack(ToyTask(fail_at=2), pairs=pairs, out=tmp_path / "q.jsonl")
 
 
 def test_in_process_pairs_are_scored_rows_without_a_source(tmp_path):
