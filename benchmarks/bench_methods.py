@@ -57,8 +57,9 @@ def attack_one(args: argparse.Namespace) -> None:
     # progress to the module's logger: silent at WARNING, and it pickles for workers; a pretrained checkpoint is
     # loaded only from the path the benchmark names (a file's recorded path is never followed)
     task = MaskedLMTask(config, name_or_path=args.model)
+    metadata = read_metadata(find_gradient_files(args.gradients)[0])
     if args.workers == 1:
-        task.prepare(read_metadata(find_gradient_files(args.gradients)[0]))  # the model is built before the clock
+        task.prepare(metadata)      # the model is built before the clock starts
     ends = [time.perf_counter()]
     with tempfile.TemporaryDirectory() as tmp:
         run = unless_interrupted(run_attack(task, gradients=args.gradients, out=Path(tmp) / "rows.jsonl", seed=0,
@@ -70,7 +71,7 @@ def attack_one(args: argparse.Namespace) -> None:
         batches = sorted({r["batch"] for r in run.rows})
         seconds = [max(r["seconds"] for r in run.rows if r["batch"] == b) for b in batches]
     if task.tokenizer is None:      # the workers built theirs: the parent's scores the rows
-        task.prepare(read_metadata(find_gradient_files(args.gradients)[0]))
+        task.prepare(metadata)
     rows = score_rows(run.rows, sentences, task.tokenizer)
     means = summarize(rows)
     print(json.dumps({"sentences": len(rows), "batches": len(seconds),

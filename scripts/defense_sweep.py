@@ -95,6 +95,19 @@ def attack_all(task, pairs: list, out: Path, args: argparse.Namespace) -> tuple[
     return {r["batch"]: r for r in run.rows}, refused
 
 
+def flatten(defended: dict[str, list], clean: list) -> list[tuple[str, int, tuple, object]]:
+    """``(defence, sample, (observation, truth), clean observation)`` per defended sample, in the order the
+    pipeline attacks them: batch ``b`` is the ``b``-th."""
+    return [(d, i, pair, clean_pair[0]) for d, pairs in defended.items()
+            for i, (pair, clean_pair) in enumerate(zip(pairs, clean))]
+
+
+def in_process(args: argparse.Namespace, **victim) -> dict:
+    """The victim's model (and tokenizer) for a serial sweep; none for workers or Ray actors, which build theirs
+    from the observations' metadata."""
+    return {} if args.workers > 1 or args.ray else victim
+
+
 def text_rows(specs: list[str], samples: int, max_evals: int, args: argparse.Namespace, curves: dict) -> list[dict]:
     from nlp_dlg.text import (
         CaptureConfig,
@@ -115,8 +128,7 @@ def text_rows(specs: list[str], samples: int, max_evals: int, args: argparse.Nam
                                      CaptureConfig(defense=None if d == "none" else d), model_info=info,
                                      generator=torch.Generator().manual_seed(7),
                                      defense_generator=torch.Generator().manual_seed(11)) for d in specs}
-    victim = {} if args.workers > 1 or args.ray else {"model": model, "tokenizer": tokenizer}  # workers build theirs
-    return text_attacks(defended, clean, victim, max_evals, args, curves)
+    return text_attacks(defended, clean, in_process(args, model=model, tokenizer=tokenizer), max_evals, args, curves)
 
 
 def text_attacks(defended: dict[str, list], clean: list, victim: dict, max_evals: int, args: argparse.Namespace,
@@ -124,8 +136,7 @@ def text_attacks(defended: dict[str, list], clean: list, victim: dict, max_evals
     from nlp_dlg.text import MaskedLMTask, TextAttackConfig
 
     rows = []
-    samples = [(d, i, pair, clean_pair[0]) for d, pairs in defended.items()
-               for i, (pair, clean_pair) in enumerate(zip(pairs, clean))]
+    samples = flatten(defended, clean)
     for method in [m for m in ("dlg", "span") if m in args.methods]:
         config = TextAttackConfig(method=method, matching=MatchingConfig(distance="cosine", steps=1000,
                                                                          max_evaluations=max_evals))
@@ -172,8 +183,7 @@ def vision_rows(specs: list[str], samples: int, steps: int, args: argparse.Names
                if m in args.methods or (m == "default" and "span" in args.methods)]
     defended = {d: capture_images(model, images, labels, model_info=info, defense=None if d == "none" else d,
                                   defense_generator=torch.Generator().manual_seed(11)) for d in specs}
-    victim = {} if args.workers > 1 or args.ray else {"model": model}
-    return vision_attacks(defended, clean, victim, methods, steps, args, curves)
+    return vision_attacks(defended, clean, in_process(args, model=model), methods, steps, args, curves)
 
 
 def vision_attacks(defended: dict[str, list], clean: list, victim: dict, methods: list, steps: int,
@@ -181,8 +191,7 @@ def vision_attacks(defended: dict[str, list], clean: list, victim: dict, methods
     from vision_dlg import ImageAttackConfig, ImageTask
 
     rows = []
-    samples = [(d, i, pair, clean_pair[0]) for d, pairs in defended.items()
-               for i, (pair, clean_pair) in enumerate(zip(pairs, clean))]
+    samples = flatten(defended, clean)
     for method, label_method in methods:
         config = ImageAttackConfig(label_method=label_method, log_every=1,
                                    matching=MatchingConfig(steps=steps, tolerance=1e-10))
