@@ -5,8 +5,11 @@ subprocess (BERT-base architecture, random init, batch 1, 15% masking); this pro
 file, attacks it with ``dlg`` (L-BFGS lr 1.0, cosine, gradient priors), and the harness (not the
 attacker) compares the decoded text with the sentence at every step to record the gradient evaluations
 needed to reach token accuracy >= 0.9 and 1.0. A sentence stops at 1.0 or at the evaluation cap.
+L-BFGS runs one evaluation per optimizer step here (``lbfgs_max_iter=1``): the same trajectory as 20 per step
+(torch's L-BFGS keeps its history and step across calls), but the harness sees every evaluation, so the counts
+are exact rather than rounded up to a multiple of 20.
 
-    .venv/bin/python benchmarks/bench_recovery.py [--limit N] [--max-evals 600]
+    .venv/bin/python benchmarks/bench_recovery.py [--limit N] [--max-evals 600] [--match-layers auto|all|K]
 
 Writes ``benchmarks/results/recovery.jsonl`` (one line per sentence) and ``recovery_summary.json``.
 """
@@ -39,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--start", type=int, default=0,
                     help="skip the first N sentences and append to recovery.jsonl (resume a stopped run)")
     ap.add_argument("--max-evals", type=int, default=600)
+    ap.add_argument("--match-layers", default="auto",
+                    help="the gradients matched: auto (the attack's default), all, or K encoder layers")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     return ap.parse_args()
 
@@ -65,8 +70,10 @@ def attack_all(args: argparse.Namespace, files: list[Path], sentences: list[str]
     references = [tokenizer(s)["input_ids"] for s in sentences]
     reached: dict[int, dict] = {}
     curves: dict[int, list] = {}
-    config = TextAttackConfig(method="dlg", matching=MatchingConfig(distance="cosine", steps=1000,
-                                                                    max_evaluations=args.max_evals))
+    layers = int(args.match_layers) if args.match_layers.isdigit() else args.match_layers
+    config = TextAttackConfig(method="dlg", match_layers=layers,
+                              matching=MatchingConfig(distance="cosine", steps=args.max_evals, lbfgs_max_iter=1,
+                                                      max_evaluations=args.max_evals))
     task = MaskedLMTask(config, tokenizer=tokenizer, echo=lambda line: None,
                         on_step=harness(references, special, first, reached, curves))
 
@@ -77,6 +84,7 @@ def attack_all(args: argparse.Namespace, files: list[Path], sentences: list[str]
                "gradient_evaluations": rec["gradient_evaluations"], "steps": rec["steps"],
                "seconds": round(rec["seconds"], 1),
                "seconds_per_evaluation": round(rec["seconds"] / rec["gradient_evaluations"], 3),
+               "match_layers": config.match_layers, "torch_threads": torch.get_num_threads(),
                **reached.get(i, {}), "curve": curves.get(i, [])}
         append_result(out, row)
         print(f"[{i}] acc={row['final_token_accuracy']:.3f} evals>=0.9: {row.get('evals_to_0.9')} "
@@ -93,7 +101,9 @@ def attack_all(args: argparse.Namespace, files: list[Path], sentences: list[str]
 def summary_of(rows: list[dict], max_evals: int, capture_seconds: float) -> dict:
     n = len(rows)
     return {
-        "sentences": n, "max_evaluations": max_evals, "capture_seconds_all": round(capture_seconds, 1),
+        "sentences": n, "max_evaluations": max_evals,
+        "match_layers": sorted({str(r.get("match_layers")) for r in rows}),
+        "capture_seconds_all": round(capture_seconds, 1),
         "mean_final_token_accuracy": sum(r["final_token_accuracy"] for r in rows) / n,
         "reached_0.9_within_cap": sum("evals_to_0.9" in r for r in rows),
         "reached_1.0_within_cap": sum("evals_to_1.0" in r for r in rows),
@@ -101,6 +111,7 @@ def summary_of(rows: list[dict], max_evals: int, capture_seconds: float) -> dict
         "median_seconds_to_0.9": _median([r["seconds_to_0.9"] for r in rows if "seconds_to_0.9" in r]),
         "median_evals_to_1.0": _median([r["evals_to_1.0"] for r in rows if "evals_to_1.0" in r]),
         "mean_seconds_per_evaluation": sum(r["seconds_per_evaluation"] for r in rows) / n,
+        "median_seconds_to_1.0": _median([r["seconds_to_1.0"] for r in rows if "seconds_to_1.0" in r]),
         "torch_threads": torch.get_num_threads(),
     }
 

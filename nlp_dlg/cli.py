@@ -94,6 +94,10 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--no-peel", action="store_true",
                    help="--method span, a batch partly certified: match the whole batch with the certified "
                         "sentences held fixed, instead of removing their share and attacking the rest")
+    a.add_argument("--match-layers", type=_match_layers, default=ATTACK.match_layers, metavar="auto|all|K",
+                   help="masked-LM: the gradients the matching compares: the embeddings' and the first K encoder "
+                        "layers', or all (the paper); auto: 1 for --method dlg with priors, else all "
+                        f"(default: {ATTACK.match_layers})")
     a.add_argument("--patience", type=positive_int, default=ATTACK.patience,
                    help="stop once the decoded text is unchanged for this many steps (default: run all)")
     a.add_argument("--no-verify", action="store_true", help="attack even if the model checksum differs")
@@ -105,6 +109,14 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                         "an HTML page of the decoded text per logged step, tokens coloured by whether they match "
                         "(DIR/index.html links them)")
     add_run_options(a, ATTACK.log_every)
+
+
+def _match_layers(value: str) -> int | str:
+    if value in ("auto", "all"):
+        return value
+    if value.isdigit():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected auto, all or a non-negative integer, got {value!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +307,7 @@ def _task(args: argparse.Namespace, *, device: Any) -> Any:
 
     config = TextAttackConfig(method=args.method, use_priors=not args.no_priors,
                               matching=matching_config(args, ATTACK.matching), log_every=args.log_every,
-                              patience=args.patience, peel=not args.no_peel)
+                              patience=args.patience, peel=not args.no_peel, match_layers=args.match_layers)
     return MaskedLMTask(config, name_or_path=args.model, tokenizer_name=args.tokenizer, verify=not args.no_verify,
                         weights=args.weights, device=device, report_dir=args.report)
 

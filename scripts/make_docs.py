@@ -16,6 +16,7 @@ import argparse
 import ast
 import json
 import os
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -135,11 +136,14 @@ SECTIONS = (
              Col("oracle search: certified", "oracle_search_certified"), Col("exact", "oracle_search_exact"),
              Col("s", "oracle_search_seconds"))),
     Section("recovery.jsonl", "Text: `dlg` (the paper's matching) per sentence, evaluations to recovery",
-            f"BERT-base random init, batch 1, {HELD}, defaults (L-BFGS lr 1.0, cosine schedule, priors)",
-            "python benchmarks/bench_recovery.py [--limit N] [--start N]",
-            (DATE, Col("sentence", "sentence"), Col("tokens", "tokens"), Col("evals to 0.9", "evals_to_0.9"),
-             Col("evals to 1.0", "evals_to_1.0"), Col("final token acc.", "final_token_accuracy", ".3f"),
-             Col("s", "seconds", ".1f"))),
+            f"BERT-base random init, batch 1, {HELD}, defaults (L-BFGS lr 1.0, cosine, priors; matched: the "
+            "embeddings and the first encoder layer unless the row says all). Rows before 2026-12-02 matched every "
+            "parameter and counted evaluations in steps of 20 (`recovery_previous.jsonl`)",
+            "python benchmarks/bench_recovery.py [--limit N] [--start N] [--match-layers auto|all|K]",
+            (DATE, Col("sentence", "sentence"), Col("tokens", "tokens"), Col("matched", "match_layers"),
+             Col("evals to 0.9", "evals_to_0.9"), Col("evals to 1.0", "evals_to_1.0"),
+             Col("s to 1.0", "seconds_to_1.0", ".1f"), Col("final token acc.", "final_token_accuracy", ".3f"),
+             Col("s/eval", "seconds_per_evaluation", ".3f"), Col("threads", "torch_threads"))),
     Section("fedavg.jsonl", "Text: FedAvg weight deltas",
             "BERT-base random init, 4 held-out sentences, one per client update, local SGD, the default attack on "
             "−Δ/(lr·K)", "python benchmarks/bench_fedavg.py",
@@ -274,9 +278,13 @@ def _method_line(model: str, label: str, batch: int) -> list[str] | None:
 
 def _recovery_line() -> list[str]:
     rows = rows_of("recovery.jsonl")
-    evals = sorted(r["evals_to_1.0"] for r in rows if r.get("evals_to_1.0") is not None)
+    exact = [r for r in rows if r.get("evals_to_1.0") is not None]
+    threads = f" on {rows[-1]['torch_threads']} threads" if "torch_threads" in rows[-1] else ""
+    seconds = (f", median {statistics.median(r['seconds_to_1.0'] for r in exact):.1f} s to exact{threads}"
+               if exact and all("seconds_to_1.0" in r for r in exact) else "")
     return ["BERT-base random init, batch 1, `dlg` (the paper's matching)",
-            f"{len(evals)}/{len(rows)} sentences exact, median {evals[len(evals) // 2]} gradient evaluations",
+            f"{len(exact)}/{len(rows)} sentences exact, median "
+            f"{statistics.median(r['evals_to_1.0'] for r in exact):g} gradient evaluations{seconds}",
             f"{rows[-1]['date']}, `recovery.jsonl`"]
 
 

@@ -297,6 +297,15 @@ class _Restart:
         self.optimizers = self._optimizers()
         return self.best
 
+    def score_last(self) -> None:
+        """Evaluate the point the last step moved to (an optimizer step ends with an update it has not
+        evaluated, the candidate the last callback saw), so that the best point can be it; skipped when the
+        evaluation cap is spent."""
+        try:
+            self.evaluate(create_graph=False)
+        except (_BudgetSpent, _NonFinite):
+            pass
+
     def finished(self) -> bool:
         cap = self.config.max_evaluations
         return (self.steps >= self.config.steps or (cap is not None and self.evaluations >= cap)
@@ -327,6 +336,8 @@ class _Restart:
             interrupted = True
             logger.warning("interrupted at step %d: keeping the best candidate so far (distance %.4g)",
                            self.steps, self.best)
+        if not (interrupted or stalled):
+            self.score_last()
         best = self.best_leaves if self.best_leaves is not None else self.snapshot()
         return MatchingResult(MappingProxyType(best), self.best, self.restart, self.steps, self.evaluations,
                               time.perf_counter() - self.start, interrupted, tuple(self.history), self.recoveries,

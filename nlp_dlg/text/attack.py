@@ -118,7 +118,7 @@ class MaskedLMAttack:
             "initial_ids": guess.inputs, "attention_mask": guess.mask if batch_size > 1 else None,
             "frozen_rows": guess.rows_certified, "pad_id": tok.pad_token_id}
         return MaskedLMPlugin(self.model, priors, batch_size, use_priors=self.config.use_priors, boundary=boundary,
-                              **start)
+                              matched_blocks=self.config.matched_blocks(), **start)
 
     def attack(self, observation: GradientObservation, *, generator: torch.Generator,
                batch: int | None = None) -> list[Reconstruction]:

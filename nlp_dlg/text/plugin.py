@@ -25,6 +25,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from transformers import BertForMaskedLM
 
+from nlp_dlg.engine.blocks import leading_parameters
 from nlp_dlg.engine.device import randn
 from nlp_dlg.text.analytic import embedding_output
 from nlp_dlg.text.priors import MaskedLMPriors, parameter_name
@@ -50,13 +51,16 @@ class MaskedLMPlugin:
         frozen_rows: ``(B,)`` bool, sequences of ``initial_ids`` known exactly (certified): they keep their
             embeddings in every restart and only the others are optimised.
         pad_id: the padding token id decoded at masked-out positions.
+        matched_blocks: compare the gradients of the embeddings and the first K encoder layers only
+            (:func:`nlp_dlg.engine.blocks.leading_parameters`); None: every parameter but the word embedding.
     """
 
     def __init__(self, model: BertForMaskedLM, priors: MaskedLMPriors, batch_size: int,
                  *, use_priors: bool = True, boundary: tuple[int | None, int | None] = (None, None),
                  initial_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 frozen_rows: torch.Tensor | None = None, pad_id: int = 0) -> None:
+                 frozen_rows: torch.Tensor | None = None, pad_id: int = 0, matched_blocks: int | None = None) -> None:
         self.model = model
+        self.matched_blocks = matched_blocks
         self.priors = priors
         self.batch_size = batch_size
         self.use_priors = use_priors
@@ -91,7 +95,8 @@ class MaskedLMPlugin:
             self._label_mask[~self._mask.bool()] = -torch.inf
 
     def matched_parameters(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.model.named_parameters() if n != self._word_name}
+        named = {n: p for n, p in self.model.named_parameters() if n != self._word_name}
+        return leading_parameters(self.model, named, self.matched_blocks)
 
     def init_leaves(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         b, t, h = self.batch_size, self.priors.sequence_length, self.embedding.shape[1]

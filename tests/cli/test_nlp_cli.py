@@ -187,8 +187,9 @@ def test_attack_options_reach_the_attack_config(tmp_path):
     args = build_parser().parse_args(["attack", "--gradients", str(tmp_path), "--out", str(tmp_path / "r.jsonl")])
     assert _task(args, device=None).config == TextAttackConfig()  # no second default: the CLI's are the config's
     args = build_parser().parse_args(["attack", "--gradients", str(tmp_path), "--out", str(tmp_path / "r.jsonl"),
-                                      "--no-peel", "--method", "dlg", "--steps", "7", "--optimizer", "adam"])
+                                      "--no-peel", "--method", "dlg", "--steps", "7", "--optimizer", "adam",
+                                      "--match-layers", "2"])
     config = _task(args, device=None).config
-    assert not config.peel and config.method == "dlg"
+    assert not config.peel and config.method == "dlg" and config.matched_blocks() == 2
     assert config.matching.steps == 7 and config.matching.learning_rate == 0.1
     assert config.matching.max_evaluations == TextAttackConfig().matching.max_evaluations

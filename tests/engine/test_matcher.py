@@ -231,10 +231,46 @@ def test_a_stalled_restart_is_abandoned_for_the_next_and_the_first_on_track_ends
         never = run(1e-300)           # no start falls that far by step 2: each but the last is abandoned there
     assert never.abandoned == 2 and {r for r, _ in seen} == {0, 1, 2}
     assert max(s for r, s in seen if r < 2) == 2 and max(s for r, s in seen if r == 2) == 6
-    assert never.total_evaluations == sum(evaluations.values())
+    # the callbacks saw every evaluation but the last restart's final one, of the point its last step moved to
+    assert never.total_evaluations == sum(evaluations.values()) + 1
     assert "stalls" in caplog.text
     first = run(0.999)                # the first start falls: it runs all its steps and no other starts
     assert first.abandoned == 0 and not first.stalled and {r for r, _ in seen} == {0}
     assert first.steps == 6 and first.total_evaluations == first.evaluations
     with pytest.raises(ConfigError, match="stall_drop"):
         MatchingConfig(stall_drop=1.0)
+
+
+def test_leading_parameters_keep_the_input_layers_and_the_first_blocks_only():
+    from nlp_dlg.engine.blocks import leading_parameters
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(2, 4)
+            self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+            self.small = nn.ModuleList([nn.Linear(1, 1)])       # a smaller list is not the block stack
+            self.head = nn.Linear(4, 2)
+
+    net = Net()
+    named = dict(net.named_parameters())
+    assert set(leading_parameters(net, named, 1)) == {"embed.weight", "embed.bias", "blocks.0.weight", "blocks.0.bias"}
+    assert set(leading_parameters(net, named, 0)) == {"embed.weight", "embed.bias"}
+    assert leading_parameters(net, named, None) == named
+    assert set(leading_parameters(net, named, 9)) == set(named) - {"head.weight", "head.bias", "small.0.weight",
+                                                                   "small.0.bias"}
+    with pytest.raises(ConfigError, match="no list of repeated blocks"):
+        leading_parameters(nn.Linear(2, 2), {}, 1)
+
+
+def test_the_result_can_be_the_point_the_last_step_moved_to():
+    """A step ends with an update it has not evaluated: the restart evaluates it, so the candidate the last
+    callback saw is returned when it matches best."""
+    plugin = MLPPlugin()
+    target = plugin.observe(X[:1], LABELS[:1])
+    seen = []
+    result = GradientMatcher(plugin, MatchingConfig(steps=3, lbfgs_max_iter=1), callbacks=[seen.append]).run(
+        target, generator=torch.Generator().manual_seed(0))
+    assert seen[-1].evaluations == 4 and result.evaluations == 5     # the first point, 3 steps of 1, the last
+    assert result.distance < min(r.distance for r in seen)
+    assert all(torch.equal(result.leaves[k], seen[-1].candidate[k]) for k in result.leaves)

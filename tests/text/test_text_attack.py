@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import SENTENCE
 
-from nlp_dlg.engine import MatchingConfig, ModelMismatchError, gradient_distance
+from nlp_dlg.engine import ConfigError, MatchingConfig, ModelMismatchError, gradient_distance
 from nlp_dlg.text import (
     MaskedLMAttack,
     TextAttackConfig,
@@ -147,6 +147,22 @@ def test_tied_embedding_weight_is_not_matched(capture, tiny_model, tokenizer):
     names = set(MaskedLMAttack(tiny_model, tokenizer).plugin_for(obs).matched_parameters())
     assert "bert.embeddings.word_embeddings.weight" not in names
     assert "bert.embeddings.position_embeddings.weight" in names and "cls.predictions.bias" in names
+
+
+def test_dlg_matches_the_embeddings_and_first_layer_unless_told_otherwise(capture, tiny_model, tokenizer):
+    obs, _ = capture([SENTENCE])[0]
+
+    def matched(**options):
+        return set(MaskedLMAttack(tiny_model, tokenizer, TextAttackConfig(**options)).plugin_for(obs)
+                   .matched_parameters())
+    every = matched()                                                     # span's matching: every parameter
+    first = matched(method="dlg")
+    assert first == {n for n in every if n.startswith(("bert.embeddings.", "bert.encoder.layer.0."))}
+    assert "bert.embeddings.position_embeddings.weight" in first and "cls.predictions.bias" not in first
+    assert matched(method="dlg", use_priors=False) == every == matched(method="dlg", match_layers="all")
+    assert matched(method="dlg", match_layers=0) == {n for n in every if n.startswith("bert.embeddings.")}
+    with pytest.raises(ConfigError, match="match_layers"):
+        TextAttackConfig(match_layers=-1)
 
 
 def test_text_callbacks_see_decoded_text_and_patience_stops(capture, tiny_model, tokenizer):
