@@ -193,6 +193,11 @@ SECTIONS = (
             "python scripts/reproduce_table1.py --image-size 16 --batch-sizes B --max-steps N", TABLE1_COLS),
     Section("table1_train32.jsonl", "Images: Table 1 in train mode, 32x32", "as above",
             "python scripts/reproduce_table1.py --batch-sizes B --max-steps N", TABLE1_COLS),
+    Section("table1_train64.jsonl", "Images: Table 1 in train mode, 64x64",
+            "as above; ResNet-20's gradient moves in up to 271,888 directions against the 12,288 pixels of one "
+            "image (determined, `vision_dlg/capacity.py`)",
+            "python scripts/reproduce_table1.py --image-size 64 --batch-sizes B --max-steps N [--distance D]",
+            TABLE1_COLS),
     Section("figure3.jsonl", "Images: the paper's Figure 3", "one image per dataset (offline stand-ins where the "
             "hub is unreachable)", "python scripts/reproduce_figure3.py --offline",
             (DATE, Col("dataset", "dataset"), Col("source", "source"), Col("label", "label"),
