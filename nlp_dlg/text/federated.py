@@ -154,9 +154,10 @@ def run_masked_lm_federation(spec: ModelSpec, clients: Mapping[str, Sequence[str
     check_options(mode, lr, local_steps)
     if not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"rounds: expected a positive integer, got {rounds!r}")
-    for name, sentences in clients.items():
-        if isinstance(sentences, str) or not sentences:
-            raise InputDataError(f"client {name}: expected a list of sentences, got {sentences!r}")
+    for name, sentences in clients.items():   # refused here, before any process starts, as each client would
+        if isinstance(sentences, str) or not sentences or any(
+                not isinstance(s, str) or not s.strip() for s in sentences):
+            raise InputDataError(f"client {name}: expected a list of non-empty sentences, got {sentences!r}")
     payload = {"spec": asdict(spec), "tokenizer": tokenizer_name, "config": asdict(config)}
     server = functools.partial(_server_process, **payload, out_dir=str(out_dir), mode=mode, lr=lr,
                                local_steps=local_steps, rounds=rounds, num_clients=len(clients))

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("flwr")
 pytestmark = pytest.mark.flower
 
-from nlp_dlg.engine import ConfigError, load_observation, load_weights  # noqa: E402
+from nlp_dlg.engine import ConfigError, InputDataError, load_observation, load_weights  # noqa: E402
 from nlp_dlg.engine.flower import FederationError, check_options, wait_for_server  # noqa: E402
 from nlp_dlg.text import CaptureConfig, ModelSpec, load_masked_lm  # noqa: E402
 from nlp_dlg.text.federated import (  # noqa: E402
@@ -106,7 +106,15 @@ def test_nlp_dlg_attack_reads_a_later_round_with_its_global_weights(fedsgd, tmp_
 
 
 def test_a_failing_client_surfaces_as_one_error(tmp_path):
-    with pytest.raises(FederationError, match=r"client 1 failed: InputDataError: client bob"):
+    """The supervisor's path, without Flower: a server waiting for a listener and a client that raises at once
+    (``int("127.0.0.1:PORT")``). A client's own data errors are refused before any process starts."""
+    import functools
+
+    from nlp_dlg.engine.flower import run_federation
+
+    with pytest.raises(FederationError, match=r"client 0 failed: ValueError: invalid literal"):
+        run_federation(functools.partial(wait_for_server, timeout=60), [int], timeout=60)
+    with pytest.raises(InputDataError, match="client bob: expected a list of non-empty sentences"):
         run_masked_lm_federation(ModelSpec(seed=0, config=SMALL), {"alice": ["fine ."], "bob": ["  "]},
                                  out_dir=tmp_path, timeout=120)
 
