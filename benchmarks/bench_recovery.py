@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from nlp_dlg.cliutil import match_layers
 from nlp_dlg.engine import MatchingConfig, find_gradient_files, load_observation
 from nlp_dlg.pipeline import run_attack, unless_interrupted
 from nlp_dlg.results import append_result
@@ -42,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--start", type=int, default=0,
                     help="skip the first N sentences and append to recovery.jsonl (resume a stopped run)")
     ap.add_argument("--max-evals", type=int, default=600)
-    ap.add_argument("--match-layers", default="auto",
+    ap.add_argument("--match-layers", default="auto", type=match_layers,
                     help="the gradients matched: auto (the attack's default), all, or K encoder layers")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     return ap.parse_args()
@@ -70,8 +71,7 @@ def attack_all(args: argparse.Namespace, files: list[Path], sentences: list[str]
     references = [tokenizer(s)["input_ids"] for s in sentences]
     reached: dict[int, dict] = {}
     curves: dict[int, list] = {}
-    layers = int(args.match_layers) if args.match_layers.isdigit() else args.match_layers
-    config = TextAttackConfig(method="dlg", match_layers=layers,
+    config = TextAttackConfig(method="dlg", match_layers=args.match_layers,
                               matching=MatchingConfig(distance="cosine", steps=args.max_evals, lbfgs_max_iter=1,
                                                       max_evaluations=args.max_evals))
     task = MaskedLMTask(config, tokenizer=tokenizer, echo=lambda line: None,

@@ -21,6 +21,7 @@ from nlp_dlg.cliutil import (
     add_run_options,
     add_victim_options,
     cli_main,
+    match_layers,
     matching_config,
     positive_int,
     probability,
@@ -94,7 +95,7 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
     a.add_argument("--no-peel", action="store_true",
                    help="--method span, a batch partly certified: match the whole batch with the certified "
                         "sentences held fixed, instead of removing their share and attacking the rest")
-    a.add_argument("--match-layers", type=_match_layers, default=ATTACK.match_layers, metavar="auto|all|K",
+    a.add_argument("--match-layers", type=match_layers, default=ATTACK.match_layers, metavar="auto|all|K",
                    help="masked-LM: the gradients the matching compares: the embeddings' and the first K encoder "
                         "layers', or all (the paper); auto: 1 for --method dlg with priors, else all "
                         f"(default: {ATTACK.match_layers})")
@@ -109,14 +110,6 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                         "an HTML page of the decoded text per logged step, tokens coloured by whether they match "
                         "(DIR/index.html links them)")
     add_run_options(a, ATTACK.log_every)
-
-
-def _match_layers(value: str) -> int | str:
-    if value in ("auto", "all"):
-        return value
-    if value.isdigit():
-        return int(value)
-    raise argparse.ArgumentTypeError(f"expected auto, all or a non-negative integer, got {value!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:

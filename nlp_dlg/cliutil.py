@@ -51,6 +51,11 @@ def positive_int(text: str) -> int:
     return _int_from(text, 1, "a positive integer")
 
 
+def match_layers(text: str) -> int | str:
+    """argparse type: ``auto``, ``all`` or a non-negative integer (``TextAttackConfig.match_layers``)."""
+    return text if text in ("auto", "all") else _int_from(text, 0, "auto, all or a non-negative integer")
+
+
 def probability(text: str) -> float:
     """argparse type: a number in (0, 1]."""
     try:

@@ -47,6 +47,12 @@ def _mask_generator(mask_seed: int, client: str, server_round: int) -> torch.Gen
     return torch.Generator().manual_seed((mask_seed * 1_000_003 + salt * 1009 + server_round) % (2**63))
 
 
+def check_sentences(name: str, sentences: Sequence[str]) -> None:
+    """Raise :class:`InputDataError` unless client ``name``'s data is a list of non-empty sentences."""
+    if isinstance(sentences, str) or not sentences or any(not isinstance(s, str) or not s.strip() for s in sentences):
+        raise InputDataError(f"client {name}: expected a list of non-empty sentences, got {sentences!r}")
+
+
 class MaskedLMClient(NumPyClient):
     """A Flower client training a masked LM on its private sentences.
 
@@ -61,8 +67,7 @@ class MaskedLMClient(NumPyClient):
 
     def __init__(self, name: str, model: BertForMaskedLM, tokenizer: PreTrainedTokenizerBase,
                  sentences: Sequence[str], config: CaptureConfig, *, mask_seed: int = 0) -> None:
-        if not sentences or any(not isinstance(s, str) or not s.strip() for s in sentences):
-            raise InputDataError(f"client {name}: expected non-empty sentences, got {list(sentences)!r}")
+        check_sentences(name, sentences)
         self.name, self.model, self.tokenizer = name, model, tokenizer
         self.sentences, self.config, self.mask_seed = list(sentences), config, mask_seed
         self.names = [n for n, _ in model.named_parameters()]
@@ -155,9 +160,7 @@ def run_masked_lm_federation(spec: ModelSpec, clients: Mapping[str, Sequence[str
     if not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"rounds: expected a positive integer, got {rounds!r}")
     for name, sentences in clients.items():   # refused here, before any process starts, as each client would
-        if isinstance(sentences, str) or not sentences or any(
-                not isinstance(s, str) or not s.strip() for s in sentences):
-            raise InputDataError(f"client {name}: expected a list of non-empty sentences, got {sentences!r}")
+        check_sentences(name, sentences)
     payload = {"spec": asdict(spec), "tokenizer": tokenizer_name, "config": asdict(config)}
     server = functools.partial(_server_process, **payload, out_dir=str(out_dir), mode=mode, lr=lr,
                                local_steps=local_steps, rounds=rounds, num_clients=len(clients))
