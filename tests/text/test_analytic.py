@@ -318,3 +318,62 @@ def test_ctrl_c_in_the_sentence_search_keeps_the_sentences_found_so_far(capture,
     assert all(r.interrupted and r.evaluations == 0 for r in recs)
     references = {decode_text(tokenizer, row.tolist()) for row in truth.input_ids}
     assert any(r.reconstruction in references for r in recs)        # the sentence found before Ctrl-C
+
+
+def test_options_projected_once_give_the_layer_output_of_each_substituted_sentence(capture, tiny_model):
+    from nlp_dlg.text.analytic import _FirstLayer, _Options
+
+    truth, _, candidates = _pair_batch(capture, tiny_model)
+    first = _FirstLayer(tiny_model)
+    ids = truth.masked_input_ids[0][truth.attention_mask[0].bool()]
+    options = _Options.of(first, [c[:3] for c in candidates[:len(ids)]])
+    with torch.no_grad():
+        outputs = options.outputs(first, ids)                                             # (N, H)
+        for n in range(0, len(options.ids), 5):
+            changed = ids.clone()
+            changed[options.positions[n]] = options.ids[n]
+            expected = first.full_batch(first.inputs(changed)[None])[0, options.positions[n]]
+            torch.testing.assert_close(outputs[n], expected, rtol=1e-4, atol=1e-5)
+        # a mixture's queries, keys and values are the mixture of its options' (the projections are affine)
+        weights = torch.rand(len(options.ids), generator=torch.Generator().manual_seed(0))
+        mix = (weights / weights.sum())[None, None] @ torch.cat([options.inputs, *(t.flatten(1) for t in
+                                                                                  options.projected)], -1)
+        x, *projected = mix.chunk(4, -1)                                                  # (1, 1, H) each
+        torch.testing.assert_close(first.full_batch(x, tuple(projected)), first.full_batch(x), rtol=1e-4, atol=1e-5)
+
+
+class _Identity:
+    """A stand-in for the second layer's span whose residuals are what it is given."""
+
+    @staticmethod
+    def residual(x):
+        return x
+
+
+def test_a_descent_sweep_moves_the_half_of_the_changing_positions_that_gain_most():
+    from nlp_dlg.text.analytic import _descend, _Options
+
+    target = torch.tensor([101, 5, 6, 7, 8, 9, 102])
+    start = torch.tensor([101, 1, 1, 1, 1, 1, 102])                # five inner positions wrong
+    cost = torch.tensor([0.0, 0.1, 0.5, 0.2, 0.4, 0.3, 0.0])       # the own residual a wrong token leaves
+    per_position = [torch.tensor([101]), *[torch.tensor([1, int(t)]) for t in target[1:-1]], torch.tensor([102])]
+    slots = torch.full((len(target), 2), -1)
+    flat = 0
+    for p, c in enumerate(per_position):
+        slots[p, :len(c)] = torch.arange(flat, flat + len(c))
+        flat += len(c)
+    positions = torch.cat([torch.full((len(c),), p) for p, c in enumerate(per_position)])
+    ids = torch.cat(per_position)
+    seen = []
+
+    class Stub(_Options):
+        def outputs(self, first, sentence):                        # residual per option, as the span would give
+            seen.append(sentence.clone())
+            return torch.where(ids == target[positions], torch.zeros(len(ids)), cost[positions]).double()
+
+    options = Stub(positions, ids, torch.zeros(len(ids), 1), (torch.zeros(0),) * 3, slots)
+    found = _descend(None, _Identity(), start, options, max_sweeps=12)
+    assert found.tolist() == target.tolist()
+    # the positions each sweep moved: 3 of 5 (the largest own residuals), then 1 of 2, then the last
+    moved = [[p for p in range(7) if b[p] != a[p]] for a, b in zip(seen, seen[1:])]
+    assert moved == [[2, 4, 5], [3], [1]]
