@@ -239,14 +239,18 @@ class AssembledSentence:
         return self.residual < CERTIFY_MAX
 
 
-def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, options: _Options, max_sweeps: int) -> torch.Tensor:
+def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, options: _Options, max_sweeps: int, *,
+             damped: bool) -> torch.Tensor:
     """Coordinate descent: at each sweep every inner position finds the option whose substituted first-layer
-    output is nearest the second layer's span, the rest of the sentence held fixed, and the half of the positions
-    that would change (rounded up) with the largest drop in their own residual take theirs. Moving every position
+    output is nearest the second layer's span, the rest of the sentence held fixed, and takes it; ``damped``: only
+    the half of the positions that would change (rounded up) with the largest drop in their own residual take
+    theirs. Where the second layer separates the batch's pairs out of context (random init), moving every position
     at once makes the sweeps swing between two sentences where positions that see each other change together;
     moving half certified 3.4x and 2.1x as many descents for 1.3x the sweeps (BERT-base random init, the same 216
     starts of a batch of 16: 82 instead of 24, 1,421 sweeps instead of 1,069; 147 starts of two batches of 8: 75
-    instead of 36, 953 sweeps instead of 705). It finds the sentence
+    instead of 36, 953 sweeps instead of 705). Where it does not (the pretrained MiniLM), the undamped descent is
+    the one that works: the second of two batches of 4 came back whole with it and not at all with the damped one.
+    It finds the sentence
     from a start with about three quarters of its tokens right, not from a random one. It stops at a fixed point,
     where a sweep comes back to a sentence it visited (the sweeps are deterministic: they would cycle through the
     same sentences until ``max_sweeps``), or after ``DESCENT_PATIENCE`` sweeps without a new lowest residual of
@@ -267,7 +271,7 @@ def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, options: _Optio
         if not moving:
             return ids
         gain = torch.where(want, own - lowest, torch.full_like(own, -math.inf))
-        pick = gain.topk((moving + 1) // 2).indices
+        pick = gain.topk((moving + 1) // 2 if damped else moving).indices
         new = ids.clone()
         new[pick] = nearest[pick]
         key = tuple(new.tolist())
@@ -391,20 +395,21 @@ def _flat_positions(options: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _kept_candidates(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int,
-                     generator: torch.Generator) -> list[torch.Tensor]:
+                     generator: torch.Generator) -> tuple[list[torch.Tensor], bool]:
     """The candidates per position that the search starts from: after :func:`pair_filter` where the first-layer
-    test leaves more than ``SELECTIVE_FRACTION`` of the batch's tokens per position, else as they are."""
+    test leaves more than ``SELECTIVE_FRACTION`` of the batch's tokens per position, else as they are; and whether
+    the pair filter separated the batch's pairs (it removed a candidate)."""
     pool = len(torch.unique(torch.cat(list(candidates)))) if any(len(c) for c in candidates) else 0
     if sum(len(c) for c in candidates) <= SELECTIVE_FRACTION * pool * len(candidates):
         # a trained embedding LayerNorm makes the first-layer test selective by itself (the pretrained
         # MiniLM: 3 of 29 tokens per position in a batch of 2), and the pair filter's jump is not reliable there
         logger.debug("first-layer candidates already selective (%s of %d tokens): no pair filter",
                      [len(k) for k in candidates], pool)
-        return list(candidates)
+        return list(candidates), False
     with torch.enable_grad():
         kept = pair_filter(model, span2, candidates, batch_size, generator=generator)
     logger.debug("pair filter: tokens per position %s", [len(k) for k in kept])
-    return kept
+    return kept, any(len(k) < len(c) for k, c in zip(kept, candidates))
 
 
 class _SentenceSearch:
@@ -412,9 +417,10 @@ class _SentenceSearch:
     the best failures, and how many rounds in a row found nothing."""
 
     def __init__(self, model: BertForMaskedLM, span2: Span, kept: Sequence[torch.Tensor], batch_size: int, *,
-                 cls_id: int, sep_id: int, generator: torch.Generator, starts: int, max_sweeps: int) -> None:
+                 cls_id: int, sep_id: int, generator: torch.Generator, starts: int, max_sweeps: int,
+                 damped: bool) -> None:
         self.first, self.span2, self.batch_size = _FirstLayer(model), span2, batch_size
-        self.generator, self.starts, self.max_sweeps = generator, starts, max_sweeps
+        self.generator, self.starts, self.max_sweeps, self.damped = generator, starts, max_sweeps, damped
         self.found: dict[tuple[int, ...], AssembledSentence] = {}
         self.failures: list[AssembledSentence] = []
         device = kept[0].device
@@ -458,7 +464,7 @@ class _SentenceSearch:
                 if self.complete:
                     return
                 start = torch.stack([o[0] for o in options])
-                self._keep(_descend(self.first, self.span2, start, flat, self.max_sweeps), length)
+                self._keep(_descend(self.first, self.span2, start, flat, self.max_sweeps, damped=self.damped), length)
 
     def _keep(self, ids: torch.Tensor, length: int) -> bool:
         """Record the sentence ``ids``: found when certified (True), else among the failures."""
@@ -488,7 +494,7 @@ class _SentenceSearch:
         with torch.no_grad():
             for start in dict.fromkeys(tuple(s.tolist()) for s in begun):     # a start drawn twice descends once
                 new += self._keep(_descend(self.first, self.span2, torch.tensor(start, device=device),
-                                           self.searches[length][1], self.max_sweeps), length)
+                                           self.searches[length][1], self.max_sweeps, damped=self.damped), length)
         self.fruitless[length] = 0 if new else self.fruitless[length] + 1
         return new
 
@@ -578,9 +584,9 @@ def search_sentences(model: BertForMaskedLM, span2: Span, candidates: Sequence[t
     holds (BERT-base random init, batch 16: 32 retry rounds found 7 sentences in 280 s where the peeled rest of 5
     took 24 s; of the 8 rounds repeated at a length because its last round had yielded, 7 found nothing, at 3 s
     a round)."""
-    kept = _kept_candidates(model, span2, candidates, batch_size, generator)
+    kept, separated = _kept_candidates(model, span2, candidates, batch_size, generator)
     search = _SentenceSearch(model, span2, kept, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
-                             starts=starts, max_sweeps=max_sweeps)
+                             starts=starts, max_sweeps=max_sweeps, damped=separated)
     try:
         search.greedy()
         quota = length_counts(list(search.searches), batch_size, span2.rank)

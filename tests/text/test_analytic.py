@@ -350,7 +350,8 @@ class _Identity:
         return x
 
 
-def test_a_descent_sweep_moves_the_half_of_the_changing_positions_that_gain_most():
+@pytest.mark.parametrize("damped", [True, False])
+def test_a_damped_descent_sweep_moves_the_half_of_the_changing_positions_that_gain_most(damped):
     from nlp_dlg.text.analytic import _descend, _Options
 
     target = torch.tensor([101, 5, 6, 7, 8, 9, 102])
@@ -372,8 +373,9 @@ def test_a_descent_sweep_moves_the_half_of_the_changing_positions_that_gain_most
             return torch.where(ids == target[positions], torch.zeros(len(ids)), cost[positions]).double()
 
     options = Stub(positions, ids, torch.zeros(len(ids), 1), (torch.zeros(0),) * 3, slots)
-    found = _descend(None, _Identity(), start, options, max_sweeps=12)
+    found = _descend(None, _Identity(), start, options, max_sweeps=12, damped=damped)
     assert found.tolist() == target.tolist()
-    # the positions each sweep moved: 3 of 5 (the largest own residuals), then 1 of 2, then the last
+    # the positions each sweep moved: damped, 3 of 5 (the largest own residuals), then 1 of 2, then the last;
+    # undamped, every position at once
     moved = [[p for p in range(7) if b[p] != a[p]] for a, b in zip(seen, seen[1:])]
-    assert moved == [[2, 4, 5], [3], [1]]
+    assert moved == ([[2, 4, 5], [3], [1]] if damped else [[1, 2, 3, 4, 5]])
