@@ -169,8 +169,8 @@ class _FirstLayer:
         """Output at ``positions[n]`` if the input there were ``options[n]`` (the rest of ``x`` kept): ``(N, H)``.
 
         One query per option over the sequence's keys, the key/value at its own position replaced.
-        ``projected``: the options' :meth:`project`, when the caller tries the same options in many sentences (a
-        quarter of the work per option: three of the layer's seven weight-sized products)."""
+        ``projected``: the options' :meth:`project`, when the caller tries the same options in many sentences
+        (three of the layer's six weight matrices, a quarter of its multiply-adds per option)."""
         n, nh, hd = len(options), self.heads, self.head_dim
         q, k_opt, v_opt = projected if projected is not None else self.project(options)
         _, keys, values = self.project(x)                                                 # (L, nh, hd)
@@ -194,7 +194,6 @@ class _Options:
     ids: torch.Tensor
     inputs: torch.Tensor
     projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
     slots: torch.Tensor          # (L, most options at a position): each position's option indices, padded with -1
 
     @classmethod
@@ -250,11 +249,10 @@ def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, options: _Optio
     starts of a batch of 16: 82 instead of 24, 1,421 sweeps instead of 1,069; 147 starts of two batches of 8: 75
     instead of 36, 953 sweeps instead of 705). Where it does not (the pretrained MiniLM), the undamped descent is
     the one that works: the second of two batches of 4 came back whole with it and not at all with the damped one.
-    It finds the sentence
-    from a start with about three quarters of its tokens right, not from a random one. It stops at a fixed point,
-    where a sweep comes back to a sentence it visited (the sweeps are deterministic: they would cycle through the
-    same sentences until ``max_sweeps``), or after ``DESCENT_PATIENCE`` sweeps without a new lowest residual of
-    the sentence."""
+    It finds the sentence from a start with about three quarters of its tokens right, not from a random one. It
+    stops at a fixed point, where a sweep comes back to a sentence it visited (the sweeps are deterministic: they
+    would cycle through the same sentences until ``max_sweeps``), or after ``DESCENT_PATIENCE`` sweeps without a
+    new lowest residual of the sentence."""
     visited = {tuple(ids.tolist())}
     best, since = math.inf, 0
     for _ in range(max_sweeps):
@@ -594,8 +592,8 @@ def search_sentences(model: BertForMaskedLM, span2: Span, candidates: Sequence[t
             search.by_quota(quota, max_fruitless)
         if peel_later:
             search.while_yielding(once=True)
-        if peel_later and search.found and batch_size - len(search.found) > 1:
-            return search
+            if search.found and batch_size - len(search.found) > 1:
+                return search
         search.while_yielding()
         search.retry(max_fruitless)
     except KeyboardInterrupt:
