@@ -344,7 +344,8 @@ def headline_md() -> str:
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
     lines += [_classify_line(b) for b in (1, 4, 8)]
-    lines += [_recovery_line(), _vision_line(), _vision_batch_line(8, 16), _vision_batch_line(4, 32)]
+    lines += [_recovery_line(), _vision_line(), _vision_batch_line(8, 16), _vision_batch_line(4, 24),
+              _vision_batch_line(4, 32)]
     body = "\n".join("| " + " | ".join(cells) + " |" for cells in lines if cells)
     return (f"{BEGIN}\n| setting | measured | when, file |\n|---|---|---|\n{body}\n\nAll numbers, with their "
             f"commands: [docs/results.md](docs/results.md); how each row is produced: "
