@@ -245,9 +245,10 @@ def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, options: _Optio
     the half of the positions that would change (rounded up) with the largest drop in their own residual take
     theirs. Where the second layer separates the batch's pairs out of context (random init), moving every position
     at once makes the sweeps swing between two sentences where positions that see each other change together;
-    moving half certified 3.4x and 2.1x as many descents for 1.3x the sweeps (BERT-base random init, the same 216
-    starts of a batch of 16: 82 instead of 24, 1,421 sweeps instead of 1,069; 147 starts of two batches of 8: 75
-    instead of 36, 953 sweeps instead of 705). Where it does not (the pretrained MiniLM), the undamped descent is
+    moving half certifies about twice as many descents for 1.2-1.4x the sweeps (BERT-base random init, each start
+    descended both ways, `benchmarks/bench_descent.py`: 108 starts of a batch of 16, 35 certified instead of 17,
+    743 sweeps against 540; 98 of two batches of 8, 43 instead of 27, 635 against 512). Where it does not (the
+    pretrained MiniLM), the undamped descent is
     the one that works: the second of two batches of 4 came back whole with it and not at all with the damped one.
     It finds the sentence from a start with about three quarters of its tokens right, not from a random one. It
     stops at a fixed point, where a sweep comes back to a sentence it visited (the sweeps are deterministic: they
