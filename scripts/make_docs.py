@@ -122,6 +122,13 @@ SECTIONS = (
              Col("token acc.", "token_accuracy", ".3f"), Col("ROUGE-1", "rouge1", ".3f"),
              Col("exact", _frac("exact", "sentences")), Col("labels", _frac("labels_right", "sentences")),
              Col("s/batch", "seconds_per_batch", ".1f"), Col("peak GiB", "peak_rss_gib", ".2f"))),
+    Section("descent.jsonl", "Text: the sentence search's coordinate descent, damped and undamped",
+            "BERT-base at random init, masked-LM gradients of the public-domain sentences; every start the search "
+            "descends is descended both ways: how many descents end on a certified sentence, and their sweeps",
+            "python benchmarks/bench_descent.py --batch-sizes B",
+            (DATE, Col("batch", "batch_size"), Col("batches", "batches"), Col("descents", "descents"),
+             Col("damped: certified", "damped_certified"), Col("damped: sweeps", "damped_sweeps"),
+             Col("undamped: certified", "undamped_certified"), Col("undamped: sweeps", "undamped_sweeps"))),
     Section("pinning.jsonl", "Text: where the embedding rows put a batch's tokens (classification)",
             "the pretrained all-MiniLM-L6-v2 encoder with a fresh 2-label head, held-out Rotten Tomatoes reviews; "
             "candidate tokens per position after the first layer's span test and after the LayerNorm identity of "
