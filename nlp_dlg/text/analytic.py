@@ -248,8 +248,9 @@ def _descend(first: _FirstLayer, span2: Span, ids: torch.Tensor, options: _Optio
     moving half certifies about twice as many descents for 1.2-1.4x the sweeps (BERT-base random init, each start
     descended both ways, `benchmarks/bench_descent.py`: 108 starts of a batch of 16, 35 certified instead of 17,
     743 sweeps against 540; 98 of two batches of 8, 43 instead of 27, 635 against 512). Where it does not (the
-    pretrained MiniLM), the undamped descent is
-    the one that works: the second of two batches of 4 came back whole with it and not at all with the damped one.
+    pretrained MiniLM), the undamped descent comes first: the second of two batches of 4 came back whole with it and
+    not at all with the damped one (a batch of real reviews the other way round: :func:`search_sentences` tries the
+    other descent where one certifies nothing).
     It finds the sentence from a start with about three quarters of its tokens right, not from a random one. It
     stops at a fixed point, where a sweep comes back to a sentence it visited (the sweeps are deterministic: they
     would cycle through the same sentences until ``max_sweeps``), or after ``DESCENT_PATIENCE`` sweeps without a
@@ -542,6 +543,23 @@ class _SentenceSearch:
             return n == rest if missing == 1 else n <= rest - (missing - 1) * shortest
         return possible(length) or not any(possible(n) for n in self.searches)
 
+    def run(self, max_fruitless: int, *, peel_later: bool) -> None:
+        """The whole search (:func:`search_sentences`); Ctrl-C stops it where it is, the sentences found kept."""
+        try:
+            self.greedy()
+            quota = length_counts(list(self.searches), self.batch_size, self.span2.rank)
+            if quota is not None:
+                self.by_quota(quota, max_fruitless)
+            if peel_later:
+                self.while_yielding(once=True)
+                if self.found and self.batch_size - len(self.found) > 1:
+                    return
+            self.while_yielding()
+            self.retry(max_fruitless)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            logger.warning("interrupted: %d sentence(s) assembled so far are kept", len(self.found))
+
     def result(self) -> list[AssembledSentence]:
         found = list(self.found.values())[:self.batch_size]
         if len(found) < self.batch_size:
@@ -582,24 +600,18 @@ def search_sentences(model: BertForMaskedLM, span2: Span, candidates: Sequence[t
     batch is a smaller, easier search, where the second span's rank often tells how many sentences each length
     holds (BERT-base random init, batch 16: 32 retry rounds found 7 sentences in 280 s where the peeled rest of 5
     took 24 s; of the 8 rounds repeated at a length because its last round had yielded, 7 found nothing, at 3 s
-    a round)."""
+    a round). A search that certifies no sentence is run again with the other descent (damped where the pair filter
+    did not separate, undamped where it did): on the pretrained MiniLM, of two batches of 4 that one of them left
+    without a sentence, each came back whole with the other (``_descend``)."""
     kept, separated = _kept_candidates(model, span2, candidates, batch_size, generator)
-    search = _SentenceSearch(model, span2, kept, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
-                             starts=starts, max_sweeps=max_sweeps, damped=separated)
-    try:
-        search.greedy()
-        quota = length_counts(list(search.searches), batch_size, span2.rank)
-        if quota is not None:
-            search.by_quota(quota, max_fruitless)
-        if peel_later:
-            search.while_yielding(once=True)
-            if search.found and batch_size - len(search.found) > 1:
-                return search
-        search.while_yielding()
-        search.retry(max_fruitless)
-    except KeyboardInterrupt:
-        search.interrupted = True
-        logger.warning("interrupted: %d sentence(s) assembled so far are kept", len(search.found))
+    for damped in (separated, not separated):
+        search = _SentenceSearch(model, span2, kept, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
+                                 starts=starts, max_sweeps=max_sweeps, damped=damped)
+        search.run(max_fruitless, peel_later=peel_later)
+        if search.found or search.interrupted:
+            break
+        logger.info("no sentence certified with the %s descent: the search again with the %s one",
+                    *(("damped", "undamped") if damped else ("undamped", "damped")))
     return search
 
 

@@ -379,3 +379,22 @@ def test_a_damped_descent_sweep_moves_the_half_of_the_changing_positions_that_ga
     # undamped, every position at once
     moved = [[p for p in range(7) if b[p] != a[p]] for a, b in zip(seen, seen[1:])]
     assert moved == ([[2, 4, 5], [3], [1]] if damped else [[1, 2, 3, 4, 5]])
+
+
+def test_a_search_that_certifies_nothing_runs_again_with_the_other_descent(capture, tiny_model, tokenizer,
+                                                                           monkeypatch):
+    from nlp_dlg.text import analytic
+
+    truth, span2, candidates = _pair_batch(capture, tiny_model)
+    run, tried = analytic._SentenceSearch.run, []
+
+    def first_finds_nothing(self, max_fruitless, *, peel_later):
+        tried.append(self.damped)
+        if len(tried) > 1:
+            run(self, max_fruitless, peel_later=peel_later)
+    monkeypatch.setattr(analytic._SentenceSearch, "run", first_finds_nothing)
+    found = assemble_batch(tiny_model, span2, candidates, 2, cls_id=tokenizer.cls_token_id,
+                           sep_id=tokenizer.sep_token_id, generator=torch.Generator().manual_seed(0))
+    assert len(tried) == 2 and tried[0] != tried[1]
+    expected = {tuple(row[m.bool()].tolist()) for row, m in zip(truth.masked_input_ids, truth.attention_mask)}
+    assert all(s.certified for s in found) and {s.token_ids for s in found} == expected
