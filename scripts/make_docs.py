@@ -271,13 +271,15 @@ def results_md() -> str:
     return head + "".join("\n" + section_md(s) for s in SECTIONS) + extra
 
 
-def _latest(name: str, **match: Any) -> dict | None:
-    found = [r for r in rows_of(name) if all(r.get(k) == v for k, v in match.items())]
+def _latest(name: str, where: Callable[[dict], bool] = lambda r: True, **match: Any) -> dict | None:
+    found = [r for r in rows_of(name) if all(r.get(k) == v for k, v in match.items()) and where(r)]
     return found[-1] if found else None
 
 
-def _method_line(model: str, label: str, batch: int) -> list[str] | None:
-    r = _latest("methods.jsonl", model=model, method="span", batch_size=batch)
+def _method_line(model: str, label: str, batch: int, *, reviews: bool = False) -> list[str] | None:
+    """The newest `span` row of ``model`` at ``batch`` (``reviews``: the newest on real reviews)."""
+    r = _latest("methods.jsonl", lambda row: not reviews or "reviews" in row.get("data", ""), model=model,
+                method="span", batch_size=batch)
     if r is None:
         return None
     data = f", {r['data']}" if "reviews" in r.get("data", "") else ""
@@ -346,7 +348,7 @@ def _classify_line(batch: int) -> list[str] | None:
 
 def headline_md() -> str:
     lines = [_method_line("random", "BERT-base random init", b) for b in (1, 8, 32)]
-    lines += [_method_line("minilm", "pretrained MiniLM", 4)]
+    lines += [_method_line("minilm", "pretrained MiniLM", 4, reviews=True)]
     lines += [_causal_line("gpt2", "GPT-2 random init", 8)]
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
