@@ -605,13 +605,14 @@ def search_sentences(model: BertForMaskedLM, span2: Span, candidates: Sequence[t
     without a sentence, each came back whole with the other (``_descend``)."""
     kept, separated = _kept_candidates(model, span2, candidates, batch_size, generator)
     for damped in (separated, not separated):
+        if damped != separated:
+            logger.info("no sentence certified with the %s descent: the search again with the %s one",
+                        *(("undamped", "damped") if damped else ("damped", "undamped")))
         search = _SentenceSearch(model, span2, kept, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
                                  starts=starts, max_sweeps=max_sweeps, damped=damped)
         search.run(max_fruitless, peel_later=peel_later)
         if search.found or search.interrupted:
             break
-        logger.info("no sentence certified with the %s descent: the search again with the %s one",
-                    *(("damped", "undamped") if damped else ("undamped", "damped")))
     return search
 
 
