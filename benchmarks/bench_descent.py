@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def counted(tally: dict[bool, list[int]]):
-    """A stand-in for `_descend` that descends each start both ways and counts (descents, certified, sweeps)."""
+    """Stand-ins for `_descend`, which descends each start both ways and counts (descents, certified, sweeps), and
+    for `_Options.outputs`, which counts the sweeps (one call each)."""
     import nlp_dlg.text.analytic as analytic
 
     descend, outputs = analytic._descend, analytic._Options.outputs
@@ -34,17 +35,15 @@ def counted(tally: dict[bool, list[int]]):
         return outputs(self, first, ids)
 
     def both(first, span2, ids, options, max_sweeps, *, damped):
-        kept = None
+        ends = []
         for mode in (damped, not damped):
             calls[0] = 0
-            end = descend(first, span2, ids, options, max_sweeps, damped=mode)
-            residual = float(span2.residual(first.full(first.inputs(end))).mean())
+            ends.append(descend(first, span2, ids, options, max_sweeps, damped=mode))
+            residual = float(span2.residual(first.full(first.inputs(ends[-1]))).mean())
             row = tally[mode]
             row[0], row[1], row[2] = row[0] + 1, row[1] + (residual < analytic.CERTIFY_MAX), row[2] + calls[0]
-            kept = end if kept is None else kept
-        return kept
-    analytic._Options.outputs = counting_outputs
-    return both
+        return ends[0]                       # the search goes on with the toolkit's own descent
+    return both, counting_outputs
 
 
 def measure(batch_size: int, sentences: list[str]) -> dict:
@@ -66,7 +65,7 @@ def measure(batch_size: int, sentences: list[str]) -> dict:
                               model_info=model_metadata(model, spec), generator=torch.Generator().manual_seed(1234))
     tally: dict[bool, list[int]] = {True: [0, 0, 0], False: [0, 0, 0]}
     original = analytic._descend, analytic._Options.outputs
-    analytic._descend = counted(tally)
+    analytic._descend, analytic._Options.outputs = counted(tally)
     try:
         attack = MaskedLMAttack(model, tokenizer, TextAttackConfig(method="span"))
         for b, (observation, _) in enumerate(pairs):

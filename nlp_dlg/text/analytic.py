@@ -199,12 +199,8 @@ class _Options:
     @classmethod
     def of(cls, first: _FirstLayer, options: Sequence[torch.Tensor]) -> _Options:
         inputs = torch.cat([first_layer_inputs(first.model, c, p) for p, c in enumerate(options)])
-        starts = [0, *itertools.accumulate(len(c) for c in options)]
-        slots = torch.full((len(options), max(len(c) for c in options)), -1, dtype=torch.long)
-        for p, c in enumerate(options):
-            slots[p, :len(c)] = torch.arange(starts[p], starts[p + 1])
         return cls(_flat_positions(options), torch.cat(list(options)), inputs, first.project(inputs),
-                   slots.to(inputs.device))
+                   _slots(options).to(inputs.device))
 
     def outputs(self, first: _FirstLayer, ids: torch.Tensor) -> torch.Tensor:
         """Every option's first-layer output in the sentence ``ids``, substituted at its position: ``(N, H)``."""
@@ -392,6 +388,15 @@ def _flat_positions(options: Sequence[torch.Tensor]) -> torch.Tensor:
     """The position of every option of ``options`` (one tensor of token ids per position), flattened."""
     device = options[0].device if len(options) else None
     return torch.cat([torch.full((len(c),), p, device=device) for p, c in enumerate(options)])
+
+
+def _slots(options: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Each position's indices into ``options`` flattened, ``(L, most options at a position)``, padded with -1."""
+    starts = [0, *itertools.accumulate(len(c) for c in options)]
+    slots = torch.full((len(options), max(len(c) for c in options)), -1, dtype=torch.long)
+    for p, c in enumerate(options):
+        slots[p, :len(c)] = torch.arange(starts[p], starts[p + 1])
+    return slots
 
 
 def _kept_candidates(model: BertForMaskedLM, span2: Span, candidates: Sequence[torch.Tensor], batch_size: int,

@@ -352,19 +352,13 @@ class _Identity:
 
 @pytest.mark.parametrize("damped", [True, False])
 def test_a_damped_descent_sweep_moves_the_half_of_the_changing_positions_that_gain_most(damped):
-    from nlp_dlg.text.analytic import _descend, _Options
+    from nlp_dlg.text.analytic import _descend, _flat_positions, _Options, _slots
 
     target = torch.tensor([101, 5, 6, 7, 8, 9, 102])
     start = torch.tensor([101, 1, 1, 1, 1, 1, 102])                # five inner positions wrong
     cost = torch.tensor([0.0, 0.1, 0.5, 0.2, 0.4, 0.3, 0.0])       # the own residual a wrong token leaves
     per_position = [torch.tensor([101]), *[torch.tensor([1, int(t)]) for t in target[1:-1]], torch.tensor([102])]
-    slots = torch.full((len(target), 2), -1)
-    flat = 0
-    for p, c in enumerate(per_position):
-        slots[p, :len(c)] = torch.arange(flat, flat + len(c))
-        flat += len(c)
-    positions = torch.cat([torch.full((len(c),), p) for p, c in enumerate(per_position)])
-    ids = torch.cat(per_position)
+    positions, ids = _flat_positions(per_position), torch.cat(per_position)
     seen = []
 
     class Stub(_Options):
@@ -372,7 +366,7 @@ def test_a_damped_descent_sweep_moves_the_half_of_the_changing_positions_that_ga
             seen.append(sentence.clone())
             return torch.where(ids == target[positions], torch.zeros(len(ids)), cost[positions]).double()
 
-    options = Stub(positions, ids, torch.zeros(len(ids), 1), (torch.zeros(0),) * 3, slots)
+    options = Stub(positions, ids, torch.zeros(len(ids), 1), (torch.zeros(0),) * 3, _slots(per_position))
     found = _descend(None, _Identity(), start, options, max_sweeps=12, damped=damped)
     assert found.tolist() == target.tolist()
     # the positions each sweep moved: damped, 3 of 5 (the largest own residuals), then 1 of 2, then the last;
