@@ -142,6 +142,20 @@ SECTIONS = (
              Col("margin", "smallest_margin", ".1f"), Col("all true kept", "true_pairs_kept"),
              Col("oracle search: certified", "oracle_search_certified"), Col("exact", "oracle_search_exact"),
              Col("s", "oracle_search_seconds"))),
+    Section("span_limit.jsonl", "Text: what the first layer's span can place, and what one wrong token does "
+            "to the second layer's residual (masked-LM)",
+            "held-out Rotten Tomatoes reviews of 8-14 words. Pair bound: K distinct tokens + L positions + 2, the "
+            "dimension every (token, position) input of the batch's tokens lies in; once the tokens seen approach it "
+            "the span holds them all. Residuals: the second layer's, median, after one input token is replaced by "
+            "another batch token, at that position, at its neighbours and elsewhere",
+            "python benchmarks/bench_span_limit.py [--models random minilm] [--batch-sizes B ...]",
+            (DATE, Col("model", "model"), Col("batch", "batch_size"), Col("tokens", "live_tokens"),
+             Col("K", "distinct_tokens"), Col("L", "positions"), Col("pair bound", "pair_bound"),
+             Col("pairs' rank", "pair_rank"), Col("span rank", "span_rank"),
+             Col("cand./pos.", "candidates_per_position"), Col("true/pos.", "true_tokens_per_position"),
+             Col("wrong: own", "residual_wrong_own", ".3f"), Col("neighbours", "residual_wrong_neighbours", ".3f"),
+             Col("elsewhere", "residual_wrong_elsewhere", ".3f"), Col("own/else", "own_over_elsewhere"),
+             Col("neigh./else", "neighbours_over_elsewhere"))),
     Section("recovery.jsonl", "Text: `dlg` (the paper's matching) per sentence, evaluations to recovery",
             f"BERT-base random init, batch 1, {HELD}, defaults (L-BFGS lr 1.0, cosine, priors; matched: the "
             "embeddings and the first encoder layer unless the row says all). Rows before 2026-12-02 matched every "

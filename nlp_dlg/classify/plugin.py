@@ -2,7 +2,7 @@
 ``(B, T, H)`` and soft labels ``(B, K)`` over the classes; the loss is the cross-entropy against the soft labels.
 The word-embedding matrix is not matched (its gradient's input side cannot come from dummy embeddings). Decoding:
 each position's first-layer input ``LayerNorm(word + position + type)`` against the candidates' (the batch's token
-set, read off the word-embedding gradient), the label from the soft label."""
+set, read off the word-embedding gradient), each candidate shown at least once; the label from the soft label."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from nlp_dlg.engine.device import randn
 from nlp_dlg.text.analytic import embedding_output
+from nlp_dlg.text.plugin import covering_assignment
 from nlp_dlg.text.priors import parameter_name
 
 
@@ -44,10 +45,13 @@ class ClassificationPlugin:
         return None
 
     def decode(self, leaves: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids ``(B, T)`` (nearest candidate per position) and labels ``(B,)``."""
+        """Token ids ``(B, T)`` (nearest candidate per position, every candidate at least once: each is some
+        position's input, :func:`~nlp_dlg.text.plugin.covering_assignment`) and labels ``(B,)``."""
         with torch.no_grad():
             x = embedding_output(self.model, leaves["inputs_embeds"],
                                  torch.arange(self.length, device=self.embedding.device))   # (B, T, H)
             dist = torch.cdist(x.transpose(0, 1), self._options.transpose(0, 1))           # (T, B, C)
-            ids = self.candidates[dist.argmin(-1)].transpose(0, 1).contiguous()
+            flat = dist.transpose(0, 1).reshape(-1, len(self.candidates))                 # (B·T, C)
+            every = torch.ones(len(self.candidates), dtype=torch.bool, device=flat.device)
+            ids = self.candidates[covering_assignment(flat, every)].view(self.batch_size, self.length)
         return ids, leaves["label_logits"].argmax(-1)

@@ -142,6 +142,36 @@ def test_decoding_is_invariant_to_the_layernorm_scale_and_shift(capture, tiny_mo
     assert torch.equal(plugin.decode(moved), plugin.decode(leaves))
 
 
+def test_covering_assignment_decodes_every_token_of_the_set_once_at_least():
+    from nlp_dlg.text.plugin import covering_assignment
+
+    dist = torch.tensor([[0.1, 0.9, 0.5], [0.2, 0.8, 0.3], [0.9, 0.1, 0.9]])   # rows 0 and 1 both nearest to 0
+    every = torch.ones(3, dtype=torch.bool)
+    assert covering_assignment(dist, every).tolist() == [0, 2, 1]               # row 1 gives up the least (0.1)
+    assert covering_assignment(dist, torch.tensor([True, True, False])).tolist() == [0, 0, 1]   # 2 not asked
+    assert covering_assignment(dist[:2], every).tolist() == [0, 0]              # 3 asked of 2 rows: nearest
+    assert covering_assignment(dist, torch.zeros(3, dtype=torch.bool)).tolist() == [0, 0, 1]
+
+
+def test_decoding_shows_every_token_the_gradient_holds(capture, tiny_model, tokenizer):
+    """A position whose dummy is nearer a token used elsewhere, while a token of the set shows nowhere, decodes to
+    the missing token: each token of the set read off the gradient is some position's input."""
+    obs, truth = capture([SENTENCE])[0]
+    plugin = MaskedLMAttack(tiny_model, tokenizer).plugin_for(obs)
+    leaves = _truth_leaves(plugin, truth)
+    ids = truth.masked_input_ids[0].tolist()
+    labels = set(plugin.occurrences.tolist())
+    q = next(p for p in range(1, len(ids) - 1) if ids.count(ids[p]) == 1 and ids[p] not in labels
+             and truth.labels[0, p] < 0)
+    w = ids[q - 1] if q > 1 else ids[q + 1]
+    x = leaves["inputs_embeds"]
+    x[0, q] = 0.65 * plugin.embedding[w] + 0.35 * plugin.embedding[ids[q]]     # nearest: w, shown twice
+    options = plugin.first_layer_inputs(plugin.embedding[plugin.candidates].unsqueeze(1).expand(-1, len(ids), -1))
+    nearest = plugin.candidates[torch.cdist(plugin.first_layer_inputs(x)[0, q:q + 1], options[:, q]).argmin()]
+    assert int(nearest) == w                                                     # the plain nearest token is wrong
+    assert decode_text(tokenizer, plugin.decode(leaves)[0].tolist()) == decode_text(tokenizer, truth.input_ids[0])
+
+
 def test_tied_embedding_weight_is_not_matched(capture, tiny_model, tokenizer):
     obs, _ = capture([SENTENCE])[0]
     names = set(MaskedLMAttack(tiny_model, tokenizer).plugin_for(obs).matched_parameters())

@@ -279,9 +279,10 @@ def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_on
     steps = [f.record.step for f in frames]
     assert steps == [0, 10, 20, 30, 0, 10, 20] and polished[0].steps == 30 + 20
     assert polished[0].tv > 0                               # the prior was used, then dropped
-    before = frames[3].images                               # where the matching with the prior ended
-    scores = [min(psnr(x, t) for x, t in zip(imgs, truth.images)) for imgs in (before, [r.image for r in polished])]
-    assert scores[1] > scores[0]
+    # the polish lowers the bare gradient distance from where the prior left it (frames[4]: the polish's first
+    # evaluation). Not PSNR: 30 steps on two 16x16 images end at 5-10 dB either way, and which of the two is
+    # higher changed with the thread count (1 thread: 9.69 -> 9.59 dB; 2 threads: 5.12 -> 5.18 dB)
+    assert polished[0].distance < frames[4].record.distance
     caplog.clear()
     big = VisionModelSpec(num_classes=10, image_size=48, seed=1)              # 2 x 6,912 pixels > 11,592
     model, [(obs, _)] = _capture(torch.stack([skimage_photo("coffee", size=48)] * 2), [2, 5], spec=big)
