@@ -91,11 +91,12 @@ def second_layer(model, grads, ids: torch.Tensor, mask: torch.Tensor) -> dict:
     first = _FirstLayer(model)
     sites = [(i, q) for i in range(b) for q in range(1, int(mask[i].sum()) - 1)]
     sites = sites[:: max(1, len(sites) // SUBSTITUTIONS)][:SUBSTITUTIONS]
-    own, near, far, clean = [], [], [], []
+    own, near, far = [], [], []
     with torch.no_grad():
+        clean = [float(span.residual(first.full(first.inputs(ids[i, : int(mask[i].sum())]))).max())
+                 for i in sorted({i for i, _ in sites})]
         for i, q in sites:
             s = ids[i, : int(mask[i].sum())]
-            clean.append(float(span.residual(first.full(first.inputs(s))).max()))
             others = [int(ids[j, q]) for j in range(b) if mask[j, q] and int(ids[j, q]) != int(s[q])]
             wrong = s.clone()
             wrong[q] = others[0] if others else int(s[q - 1] if int(s[q - 1]) != int(s[q]) else s[q + 1])

@@ -269,7 +269,7 @@ def test_the_gradient_capacity_bounds_the_images_a_lenet_gradient_can_determine(
 
 def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_one_keeps_the_priors_choice(caplog):
     images = torch.stack([skimage_photo("coffee", size=16), skimage_photo("astronaut", size=16)])
-    model, [(obs, truth)] = _capture(images, [2, 5])
+    model, [(obs, _)] = _capture(images, [2, 5])
     config = ImageAttackConfig(matching=MatchingConfig(steps=30, tolerance=1e-12), polish_steps=20)
     frames = []
     with caplog.at_level("INFO", logger="vision_dlg.attack"):
