@@ -304,15 +304,14 @@ def test_ctrl_c_in_the_sentence_search_keeps_the_sentences_found_so_far(capture,
     from nlp_dlg.text import analytic
 
     obs, truth = capture(PAIR, batch_size=2)[0]
-    original, rounds = analytic._SentenceSearch.round, []
+    original = analytic._SentenceSearch._keep
 
-    def interrupted_after_one_sentence(self, length):
+    def interrupted_after_one_sentence(self, ids, length):
         if self.found:
             raise KeyboardInterrupt
-        rounds.append(length)
-        return original(self, length)
+        return original(self, ids, length)
 
-    monkeypatch.setattr(analytic._SentenceSearch, "round", interrupted_after_one_sentence)
+    monkeypatch.setattr(analytic._SentenceSearch, "_keep", interrupted_after_one_sentence)
     config = TextAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=5))
     recs = MaskedLMAttack(small[0], tokenizer, config).attack(obs, generator=torch.Generator().manual_seed(0))
     assert all(r.interrupted and r.evaluations == 0 for r in recs)
@@ -392,3 +391,66 @@ def test_a_search_that_certifies_nothing_runs_again_with_the_other_descent(captu
     assert len(tried) == 2 and tried[0] != tried[1]
     expected = {tuple(row[m.bool()].tolist()) for row, m in zip(truth.masked_input_ids, truth.attention_mask)}
     assert all(s.certified for s in found) and {s.token_ids for s in found} == expected
+
+
+def test_moves_change_one_inner_position_or_two_neighbouring_ones_to_their_nearest_options():
+    from nlp_dlg.text.analytic import _moves
+
+    picks = torch.tensor([0, 1, 4, 7, 9])
+    tops = torch.tensor([[0, -1], [1, 2], [5, 6], [7, -1], [9, -1]])    # position 3 has no other option
+    moves = _moves(picks, tops)
+    changed = [tuple((m != picks).nonzero().flatten().tolist()) for m in moves]
+    # singles: position 1 (one other option), position 2 (two); pairs: (1, 2) twice; position 3 cannot move
+    assert sorted(changed) == [(1,), (1, 2), (1, 2), (2,), (2,)]
+    assert all(int(m[p]) in tops[p].tolist() for m, c in zip(moves, changed) for p in c)
+    assert len({tuple(m.tolist()) for m in moves}) == len(moves)
+
+
+def _sentence_and_options(capture, tiny_model):
+    from nlp_dlg.text.analytic import _FirstLayer, _Options
+
+    truth, span2, candidates = _pair_batch(capture, tiny_model)
+    ids = truth.masked_input_ids[0][truth.attention_mask[0].bool()]
+    options = [candidates[0][:1], *candidates[1:len(ids) - 1], ids[-1:]]
+    first = _FirstLayer(tiny_model)
+    return first, span2, ids, _Options.of(first, options), options
+
+
+def test_local_search_brings_back_a_sentence_with_two_wrong_tokens(capture, tiny_model):
+    from nlp_dlg.text.analytic import CERTIFY_MAX, _local_search
+
+    first, span2, ids, flat, options = _sentence_and_options(capture, tiny_model)
+    start = ids.clone()
+    for p in (2, 3):
+        start[p] = options[p][options[p] != ids[p]][0]
+    with torch.no_grad():
+        found, residual = _local_search(first, span2, start, flat, max_moves=3 * len(ids))
+    assert found.tolist() == ids.tolist() and residual < CERTIFY_MAX
+    with torch.no_grad():       # no move at all: the start, and its own residual
+        same, start_residual = _local_search(first, span2, start, flat, max_moves=0)
+    assert same.tolist() == start.tolist() and start_residual > CERTIFY_MAX
+
+
+def test_iterated_search_certifies_a_true_sentence_from_a_random_start(capture, tiny_model):
+    from nlp_dlg.text.analytic import CERTIFY_MAX, _iterated_search
+
+    first, span2, ids, flat, options = _sentence_and_options(capture, tiny_model)
+    generator = torch.Generator().manual_seed(0)
+    start = torch.stack([o[torch.randint(len(o), (1,), generator=generator)[0]] for o in options])
+    assert start.tolist() != ids.tolist()
+    with torch.no_grad():
+        found, residual = _iterated_search(first, span2, start, flat, generator)
+    assert residual < CERTIFY_MAX and found.tolist() == ids.tolist()
+
+
+def test_a_search_that_wants_one_sentence_stops_at_the_first(capture, tiny_model, tokenizer):
+    from nlp_dlg.text.analytic import _SentenceSearch
+
+    truth, span2, candidates = _pair_batch(capture, tiny_model)
+    search = _SentenceSearch(tiny_model, span2, candidates, 2, cls_id=tokenizer.cls_token_id,
+                             sep_id=tokenizer.sep_token_id, generator=torch.Generator().manual_seed(0), starts=8,
+                             max_sweeps=12, damped=True, iterate=True, enough=1)
+    with torch.no_grad():
+        search.run(3, peel_later=True)
+    expected = {tuple(row[m.bool()].tolist()) for row, m in zip(truth.masked_input_ids, truth.attention_mask)}
+    assert len(search.found) == 1 and set(search.found) <= expected
