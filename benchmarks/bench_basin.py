@@ -57,6 +57,12 @@ def search_options(model, grads, ids: torch.Tensor, mask: torch.Tensor):
     return first, span2, per_length
 
 
+def options_per_position(per_length) -> float:
+    """Mean options per inner position, over the lengths' searches."""
+    inner = [len(o) for options, _ in per_length.values() for o in options[1:-1]]
+    return round(sum(inner) / max(len(inner), 1), 1)
+
+
 def polish(name: str, first, span2, start: torch.Tensor, flat, generator: torch.Generator) -> torch.Tensor:
     from nlp_dlg.text import analytic as an
 
@@ -112,8 +118,7 @@ def main() -> None:
                            "task": "masked-lm", "batch_size": batch_size,
                            "data": f"Rotten Tomatoes reviews 0-{batch_size - 1} (8-{MAX_WORDS} words)",
                            "start": "random" if wrong is None else f"truth, {wrong} wrong",
-                           "options_per_position": round(sum(len(o) for o, _ in per_length.values())
-                                                         / sum(per_length), 1),
+                           "options_per_position": options_per_position(per_length),
                            "torch_threads": torch.get_num_threads(),
                            **measure(first, span2, per_length, ids, mask, wrong, args.trials)}
                     append_result(args.out, row)

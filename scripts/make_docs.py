@@ -129,6 +129,18 @@ SECTIONS = (
             (DATE, Col("batch", "batch_size"), Col("batches", "batches"), Col("descents", "descents"),
              Col("damped: certified", "damped_certified"), Col("damped: sweeps", "damped_sweeps"),
              Col("undamped: certified", "undamped_certified"), Col("undamped: sweeps", "undamped_sweeps"))),
+    Section("basin.jsonl", "Text: where the sentence search's polishers lead, from near the truth and from random",
+            "masked-LM gradients of held-out Rotten Tomatoes reviews; each start is a true sentence of the batch with "
+            "k inner tokens replaced by other options at their positions (or every token drawn at random), "
+            "polished by the descent undamped and damped (each position judged by its own second-layer residual), "
+            "the local search (single and neighbour-pair moves judged by the sentence's residual) and the iterated "
+            "local search; `back`: starts that end on a true sentence",
+            "python benchmarks/bench_basin.py [--models minilm random] [--batch-sizes B]",
+            (DATE, Col("model", "model"), Col("batch", "batch_size"), Col("start", "start"),
+             Col("options/pos.", "options_per_position"), Col("starts", "starts"),
+             Col("undamped: back", "undamped_back"), Col("damped: back", "damped_back"),
+             Col("local: back", "local_back"), Col("iterated: back", "iterated_back"),
+             Col("iterated: s/start", "iterated_seconds", ".1f"))),
     Section("pinning.jsonl", "Text: where the embedding rows put a batch's tokens (classification)",
             "the pretrained all-MiniLM-L6-v2 encoder with a fresh 2-label head, held-out Rotten Tomatoes reviews; "
             "candidate tokens per position after the first layer's span test and after the LayerNorm identity of "
@@ -362,7 +374,7 @@ def _classify_line(batch: int) -> list[str] | None:
 
 def headline_md() -> str:
     lines = [_method_line("random", "BERT-base random init", b) for b in (1, 8, 32)]
-    lines += [_method_line("minilm", "pretrained MiniLM", 4, reviews=True)]
+    lines += [_method_line("minilm", "pretrained MiniLM", b, reviews=True) for b in (4, 8)]
     lines += [_causal_line("gpt2", "GPT-2 random init", 8)]
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
