@@ -40,7 +40,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def search_options(model, grads, ids: torch.Tensor, mask: torch.Tensor):
-    """(first layer, second span, per length its options as `_SentenceSearch` builds them, and their `_Options`)."""
+    """(first layer, second span, per length of the batch its options and their `_Options`, as `_SentenceSearch`
+    builds them)."""
     from nlp_dlg.text import analytic as an
 
     b, length = ids.shape
@@ -49,12 +50,10 @@ def search_options(model, grads, ids: torch.Tensor, mask: torch.Tensor):
     span2 = an.attention_input_span(grads, model, 1, b * length)
     with torch.enable_grad():
         kept, _ = an._kept_candidates(model, span2, candidates, b, torch.Generator().manual_seed(0))
-    first, cls_id, sep_id = an._FirstLayer(model), int(ids[0, 0]), int(ids[0, int(mask[0].sum()) - 1])
-    per_length = {}
-    for n in sorted({int(m) for m in mask.sum(1)}):
-        options = ([torch.tensor([cls_id])] + [k[k != sep_id] for k in kept[1:n - 1]] + [torch.tensor([sep_id])])
-        per_length[n] = (options, an._Options.of(first, options))
-    return first, span2, per_length
+    cls_id, sep_id = int(ids[0, 0]), int(ids[0, int(mask[0].sum()) - 1])
+    search = an._SentenceSearch(model, span2, kept, b, cls_id=cls_id, sep_id=sep_id, starts=8, max_sweeps=12,
+                                generator=torch.Generator().manual_seed(0), damped=False)
+    return search.first, span2, {n: search.searches[n] for n in sorted({int(m) for m in mask.sum(1)})}
 
 
 def options_per_position(per_length) -> float:

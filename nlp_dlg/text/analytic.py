@@ -216,16 +216,18 @@ class _Options:
         """``residuals (N,)`` of the options laid out by position: ``(L, most options)``, inf where none."""
         return residuals[self.slots.clamp_min(0)].masked_fill(self.slots < 0, math.inf)
 
+    def _own(self, ids: torch.Tensor) -> torch.Tensor:
+        """Where each position's slots hold its own token of the sentence ``ids (L,)``: ``(L, most options)``."""
+        return (self.ids[self.slots.clamp_min(0)] == ids[:, None]) & (self.slots >= 0)
+
     def current(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """From a :meth:`table`, the residual of each position's own token in the sentence ``ids (L,)``: ``(L,)``."""
-        own = (self.ids[self.slots.clamp_min(0)] == ids[:, None]) & (self.slots >= 0)
-        return table.masked_fill(~own, math.inf).min(1).values
+        return table.masked_fill(~self._own(ids), math.inf).min(1).values
 
     def picks(self, ids: torch.Tensor) -> torch.Tensor:
         """The option index at each position of the sentence ``ids (L,)`` (each token one of its position's
         options): ``(L,)``."""
-        own = (self.ids[self.slots.clamp_min(0)] == ids[:, None]) & (self.slots >= 0)
-        return self.slots.gather(1, own.float().argmax(1, keepdim=True)).squeeze(1)
+        return self.slots.gather(1, self._own(ids).float().argmax(1, keepdim=True)).squeeze(1)
 
     def residuals(self, first: _FirstLayer, span2: Span, picks: torch.Tensor) -> torch.Tensor:
         """Mean second-layer residual of each sentence ``picks (S, L)`` (option indices): ``(S,)``."""
@@ -560,20 +562,26 @@ class _SentenceSearch:
             for length, (options, _) in self.searches.items():
                 if self.complete:
                     return
-                self._keep(self._polish(torch.stack([o[0] for o in options]), length), length)
+                self._keep(*self._polish(torch.stack([o[0] for o in options]), length), length)
 
-    def _polish(self, start: torch.Tensor, length: int) -> torch.Tensor:
+    def _residual(self, ids: torch.Tensor) -> float:
+        """The sentence's mean second-layer residual (what certifies it)."""
+        return float(self.span2.residual(self.first.full(self.first.inputs(ids))).mean())
+
+    def _polish(self, start: torch.Tensor, length: int) -> tuple[torch.Tensor, float]:
         """:func:`_descend` from ``start``; with ``iterate``, where that certifies nothing, :func:`_iterated_search`
-        from where it ended."""
+        from where it ended. Returns the sentence and its :meth:`_residual`."""
         flat = self.searches[length][1]
         ids = _descend(self.first, self.span2, start, flat, self.max_sweeps, damped=self.damped)
-        if self.iterate and float(flat.residuals(self.first, self.span2, flat.picks(ids)[None])[0]) >= CERTIFY_MAX:
+        residual = self._residual(ids)
+        if self.iterate and residual >= CERTIFY_MAX:
             ids = _iterated_search(self.first, self.span2, ids, flat, self.generator)[0]
-        return ids
+            residual = self._residual(ids)
+        return ids, residual
 
-    def _keep(self, ids: torch.Tensor, length: int) -> bool:
-        """Record the sentence ``ids``: found when certified (True), else among the failures."""
-        residual = float(self.span2.residual(self.first.full(self.first.inputs(ids))).mean())
+    def _keep(self, ids: torch.Tensor, residual: float, length: int) -> bool:
+        """Record the sentence ``ids`` of :meth:`_residual` ``residual``: found when certified (True), else among the
+        failures."""
         sentence = AssembledSentence(tuple(ids.tolist()), residual)
         if sentence.token_ids in self.found or self.complete:
             return False
@@ -600,7 +608,7 @@ class _SentenceSearch:
             for start in dict.fromkeys(tuple(s.tolist()) for s in begun):     # a start drawn twice descends once
                 if self.complete:
                     break
-                new += self._keep(self._polish(torch.tensor(start, device=device), length), length)
+                new += self._keep(*self._polish(torch.tensor(start, device=device), length), length)
         self.fruitless[length] = 0 if new else self.fruitless[length] + 1
         return new
 

@@ -306,10 +306,10 @@ def test_ctrl_c_in_the_sentence_search_keeps_the_sentences_found_so_far(capture,
     obs, truth = capture(PAIR, batch_size=2)[0]
     original = analytic._SentenceSearch._keep
 
-    def interrupted_after_one_sentence(self, ids, length):
+    def interrupted_after_one_sentence(self, ids, residual, length):
         if self.found:
             raise KeyboardInterrupt
-        return original(self, ids, length)
+        return original(self, ids, residual, length)
 
     monkeypatch.setattr(analytic._SentenceSearch, "_keep", interrupted_after_one_sentence)
     config = TextAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=5))
