@@ -93,8 +93,9 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                    help="with --method dlg: the paper's algorithm as written (no label words or token set "
                         "from the gradient)")
     a.add_argument("--no-peel", action="store_true",
-                   help="--method span, a batch partly certified: match the whole batch with the certified "
-                        "sentences held fixed, instead of removing their share and attacking the rest")
+                   help="--method span, a batch partly certified: keep the certified sentences' share of the "
+                        "gradient instead of removing it and attacking the rest (masked-LM matches the whole batch "
+                        "with them held fixed; classification searches the whole batch on)")
     a.add_argument("--match-layers", type=match_layers, default=ATTACK.match_layers, metavar="auto|all|K",
                    help="masked-LM: the gradients the matching compares: the embeddings' and the first K encoder "
                         "layers', or all (the paper); auto: 1 for --method dlg with priors, else all "
@@ -285,7 +286,7 @@ def _task(args: argparse.Namespace, *, device: Any) -> Any:
     if task == "classification":
         from nlp_dlg.classify.runner import ClassificationTask
 
-        config = CausalAttackConfig(method=args.method, log_every=args.log_every,
+        config = CausalAttackConfig(method=args.method, log_every=args.log_every, peel=not args.no_peel,
                                     matching=matching_config(args, CAUSAL.matching))
         return ClassificationTask(config, name_or_path=args.model, tokenizer_name=args.tokenizer,
                                   verify=not args.no_verify, device=device)

@@ -22,6 +22,8 @@ class CausalAttackConfig:
         matching: the engine's options.
         log_every: decode and report every this many steps.
         max_length: the longest sequence the span search tries.
+        peel: classification, ``span``, a batch partly certified: remove the certified sentences' share of the
+            gradient and search the rest as a batch of its own (:func:`nlp_dlg.classify.analytic.sentences_of`).
     """
 
     method: str = "span"
@@ -29,6 +31,7 @@ class CausalAttackConfig:
     matching: MatchingConfig = field(default_factory=lambda: MatchingConfig(distance="cosine", max_evaluations=600))
     log_every: int = 1
     max_length: int = 64
+    peel: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -22,6 +22,7 @@ import torch
 
 from nlp_dlg.classify.victim import classification_gradient
 from nlp_dlg.engine.distance import CERTIFY_DISTANCE, certificate_distance
+from nlp_dlg.engine.peel import remove_share
 from nlp_dlg.engine.span import SpanUnavailable
 from nlp_dlg.text.analytic import attention_input_span, position_candidates, search_sentences
 from nlp_dlg.text.pinning import narrow_candidates, pin_tokens
@@ -51,8 +52,11 @@ def batch_tokens(gradients: Mapping[str, torch.Tensor], model: Any) -> tuple[int
 
 
 def sentences_of(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tensor], batch_size: int,
-                 generator: torch.Generator) -> list[list[int]]:
-    """The batch's sentences from the attention spans (the nearest token per position for one sentence)."""
+                 generator: torch.Generator, *, peel: bool = True) -> list[list[int]]:
+    """The batch's sentences from the attention spans (the nearest token per position for one sentence).
+
+    ``peel``: where the search certifies some sentences of a batch but not all, their share of the gradient is
+    removed (:func:`peel_sentence`) and the rest is searched as a batch of its own (as masked-LM peeling)."""
     length, tokens = batch_tokens(gradients, model)
     span1 = attention_input_span(gradients, model, 0, batch_size * length)
     candidates = narrow_candidates(position_candidates(model, span1, tokens, length),
@@ -64,11 +68,49 @@ def sentences_of(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tenso
             raise SpanUnavailable("a position has no candidate token")
         return [[int(c[0]) for c in candidates]]
     span2 = attention_input_span(gradients, model, 1, batch_size * length)
-    found = search_sentences(model, span2, candidates, batch_size, cls_id=tokenizer.cls_token_id,
-                             sep_id=tokenizer.sep_token_id, generator=generator).result()
+    search = search_sentences(model, span2, candidates, batch_size, cls_id=tokenizer.cls_token_id,
+                              sep_id=tokenizer.sep_token_id, generator=generator, peel_later=peel)
+    certified = [list(s) for s in search.found][:batch_size]
+    if peel and certified and len(certified) < batch_size and not search.interrupted:
+        rest = dict(gradients)
+        for i, sentence in enumerate(certified):
+            rest = peel_sentence(model, rest, sentence, batch_size - i, tokenizer.pad_token_id)[0]
+        logger.info("%d of %d sentence(s) certified; their share of the gradient removed, the other %d searched "
+                    "on the rest", len(certified), batch_size, batch_size - len(certified))
+        return certified + sentences_of(model, tokenizer, rest, batch_size - len(certified), generator, peel=peel)
+    found = search.result()
     if not found:
         raise SpanUnavailable("no sentence fits the attention spans")
     return [list(s.token_ids) for s in found]
+
+
+def peel_sentence(model: Any, gradients: Mapping[str, torch.Tensor], sequence: list[int], batch_size: int,
+                  pad_id: int) -> tuple[dict[str, torch.Tensor], int]:
+    """The gradient of the batch of ``batch_size`` without the known ``sequence``, and the label that removes it.
+
+    The mean cross-entropy gives each sentence the share ``1/B`` (:func:`nlp_dlg.engine.peel.remove_share`), but
+    the sentence's gradient depends on its unknown label. Removed with the right one, what only that sentence
+    touched is gone: its tokens' word-embedding rows drop to zero (with a wrong label the difference of the two
+    labels' gradients stays in every one of them) and the first layer's span loses its positions; the label
+    kept is the one that leaves the fewest non-zero embedding rows, then the lowest span rank."""
+    embedding = parameter_name(model, model.get_input_embeddings().weight)
+    device = model.get_input_embeddings().weight.device
+    ids, mask = padded_batch([sequence], pad_id, device)
+    length = sequence_length(gradients[parameter_name(model, model.bert.embeddings.position_embeddings.weight)])
+    best: tuple[tuple[int, int], dict[str, torch.Tensor], int] | None = None
+    for label in range(model.config.num_labels):
+        own = classification_gradient(model, ids, mask, torch.tensor([label]))
+        rest = remove_share(gradients, own, 1.0 / batch_size)
+        rows = int((rest[embedding].norm(dim=1) > 0).sum())
+        try:
+            rank = attention_input_span(rest, model, 0, max(batch_size - 1, 1) * length).rank
+        except SpanUnavailable:
+            rank = length * batch_size
+        logger.debug("peeling with label %d: %d embedding rows left, first-layer rank %d", label, rows, rank)
+        if best is None or (rows, rank) < best[0]:
+            best = ((rows, rank), rest, label)
+    assert best is not None     # num_labels >= 1
+    return best[1], best[2]
 
 
 def labels_of(model: Any, gradients: Mapping[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
@@ -89,9 +131,9 @@ def labels_of(model: Any, gradients: Mapping[str, torch.Tensor], ids: torch.Tens
 
 
 def recover(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tensor], *, batch_size: int,
-            generator: torch.Generator) -> LabelledGuess:
-    """Sentences, labels and the certificate of one classification gradient."""
-    sequences = sentences_of(model, tokenizer, gradients, batch_size, generator)
+            generator: torch.Generator, peel: bool = True) -> LabelledGuess:
+    """Sentences, labels and the certificate of one classification gradient (``peel``: :func:`sentences_of`)."""
+    sequences = sentences_of(model, tokenizer, gradients, batch_size, generator, peel=peel)
     ids, mask = padded_batch(sequences, tokenizer.pad_token_id, model.get_input_embeddings().weight.device)
     labels = labels_of(model, gradients, ids, mask)
     distance = certificate_distance(classification_gradient(model, ids, mask, torch.tensor(labels)), gradients)

@@ -69,7 +69,8 @@ class ClassificationTask(TextTask):
         rows = None
         if self.config.method == "span":
             try:
-                guess = recover(self.model, self.tokenizer, grads, batch_size=size, generator=generator)
+                guess = recover(self.model, self.tokenizer, grads, batch_size=size, generator=generator,
+                                peel=self.config.peel)
                 rows = [self._row(batch, i, s, y, guess.distance, 0, started, "span", guess.certified)
                         for i, (s, y) in enumerate(zip(guess.sequences, guess.labels))]
             except SpanUnavailable as exc:

@@ -34,6 +34,7 @@ from nlp_dlg.engine.distance import CERTIFY_DISTANCE, certificate_distance
 from nlp_dlg.engine.errors import ConfigError
 from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
+from nlp_dlg.engine.peel import remove_share
 from nlp_dlg.text.analytic import (
     SpanUnavailable,
     attention_input_span,
@@ -54,7 +55,6 @@ __all__ = ["METHODS", "AnalyticGuess", "MaskedLMAttack", "Reconstruction", "Text
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-PEEL_ROUNDING = 1e-5     # a peeled entry this small against the terms it was summed from is rounding: zero
 NEAREST_MARGIN = 2.0     # an inexact one-sentence guess stands when each position's nearest token is this much nearer
 
 
@@ -200,16 +200,7 @@ class MaskedLMAttack:
         labels = guess.labels[rows]
         removed = int((labels != -100).sum())
         own = masked_lm_gradient(self.model, guess.inputs[rows], guess.mask[rows], labels)
-        scale = priors.num_labelled / max(priors.num_labelled - removed, 1)
-        rest = {}
-        for n, g in observation.gradients.items():
-            left = g.to(torch.float64, copy=True)        # never the observation itself
-            share = own[n].double().mul_(removed / priors.num_labelled)
-            size = left.abs().add_(share.abs())        # the magnitude of what was summed, for the rounding
-            left.sub_(share)
-            # what only the certified sentences touched is float32 rounding: exactly zero, as in a batch
-            left[left.abs() <= PEEL_ROUNDING * size] = 0.0
-            rest[n] = left.mul_(scale).float()
+        rest = remove_share(observation.gradients, own, removed / priors.num_labelled)
         # a gradient now (a FedAvg delta was converted before): no "update" to convert again
         metadata = {k: v for k, v in observation.metadata.items() if k != "update"}
         metadata["batch_size"] = len(guess.rows_certified) - len(rows)

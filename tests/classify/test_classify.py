@@ -87,3 +87,21 @@ def test_a_classification_file_recording_another_tokenizer_is_refused_until_one_
     capsys.readouterr()
     assert main(["-q", "attack", "--gradients", str(tmp_path / "g"), "--out", str(tmp_path / "r.jsonl")]) == 2
     assert "tokenized with '/home/someone/evil-tok': pass --tokenizer" in capsys.readouterr().err
+
+
+def test_peeling_a_known_sentence_finds_its_label_and_leaves_the_others_gradient(tokenizer):
+    from nlp_dlg.classify.analytic import peel_sentence
+    from nlp_dlg.classify.victim import classification_gradient
+    from nlp_dlg.engine.distance import certificate_distance
+
+    spec = ClassifierSpec(config=TINY)
+    model = load_classifier(spec)
+    texts = ["a dull film , the worst .", "a bright gem", "quiet and the moving"]
+    for labels in ([0, 1, 1], [1, 0, 1]):
+        [(obs, truth)] = capture_classification(model, tokenizer, texts, labels, batch_size=3,
+                                                model_info=model_metadata(model, spec))
+        first = truth.input_ids[0][truth.attention_mask[0].bool()].tolist()
+        rest, label = peel_sentence(model, obs.gradients, first, 3, tokenizer.pad_token_id)
+        assert label == labels[0]
+        others = classification_gradient(model, truth.input_ids[1:], truth.attention_mask[1:], truth.labels[1:])
+        assert certificate_distance(others, rest) < 1e-6
