@@ -231,6 +231,12 @@ SECTIONS = (
             "image (determined, `vision_dlg/capacity.py`)",
             "python scripts/reproduce_table1.py --image-size 64 --batch-sizes B --max-steps N [--distance D]",
             TABLE1_COLS),
+    Section("layout.jsonl", "Images: where a stride-free ResNet's gradient stops seeing the layout",
+            "ResNet-20, train mode, one LFW face; relative distance |g(x) - g(truth)|² / |g(truth)|² of rearranged, "
+            "grey and noisy images (the stall of one 64x64 image near 20.5 dB is the PSNR of such rearrangements)",
+            "python benchmarks/bench_layout.py",
+            (DATE, Col("size", "image_size"), Col("image", "image"), Col("PSNR", "psnr", ".1f"),
+             Col("relative gradient distance", "relative_gradient_distance", ".3e"))),
     Section("figure3.jsonl", "Images: the paper's Figure 3", "one image per dataset (offline stand-ins where the "
             "hub is unreachable)", "python scripts/reproduce_figure3.py --offline",
             (DATE, Col("dataset", "dataset"), Col("source", "source"), Col("label", "label"),
@@ -328,14 +334,15 @@ def _recovery_line() -> list[str]:
             f"{rows[-1]['date']}, `recovery.jsonl`"]
 
 
-def _vision_line() -> list[str] | None:
-    runs = {c: _latest("vision_restarts.jsonl", config=c, batch_size=1, image_size=32) for c in ("toolkit", "paper")}
+def _vision_line(size: int = 32) -> list[str] | None:
+    runs = {c: _latest("vision_restarts.jsonl", config=c, batch_size=1, image_size=size) for c in ("toolkit", "paper")}
     r, paper = runs["toolkit"], runs["paper"]
     if r is None:
         return None
     compared = (f"; the paper as written on the same gradients: {paper['at_30db']}/{paper['images']}"
                 if paper and paper["seeds"] == r["seeds"] else "")
-    return [f"DLG's LeNet, one real face per gradient, {len(r['seeds'])} model seeds",
+    where = "" if size == 32 else f", {size}x{size} (determined: {_determined(r)})"
+    return [f"DLG's LeNet, one real face per gradient{where}, {len(r['seeds'])} model seeds",
             f"{r['at_30db']}/{r['images']} at ≥ 30 dB (min {r['min_psnr']:.1f} dB), labels "
             f"{r['labels_right']}/{r['images']}, median {r['median_evaluations_to_30db']:.0f} evaluations to 30 dB"
             f"{compared}", f"{r['date']}, `vision_restarts.jsonl`"]
@@ -379,7 +386,7 @@ def headline_md() -> str:
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
     lines += [_classify_line(b) for b in (1, 4, 8)]
-    lines += [_recovery_line(), _vision_line(), _vision_batch_line(8, 16), _vision_batch_line(4, 24),
+    lines += [_recovery_line(), _vision_line(), _vision_line(64), _vision_batch_line(8, 16), _vision_batch_line(4, 24),
               _vision_batch_line(4, 32)]
     body = "\n".join("| " + " | ".join(cells) + " |" for cells in lines if cells)
     return (f"{BEGIN}\n| setting | measured | when, file |\n|---|---|---|\n{body}\n\nAll numbers, with their "

@@ -36,6 +36,7 @@ import torch
 from nlp_dlg.engine.config import PRIORS
 from nlp_dlg.pipeline import run_attack, unless_interrupted
 from vision_dlg import ImageAttackConfig, ImageTask, VisionModelSpec, build_model, capture_images, model_metadata
+from vision_dlg.capacity import gradient_capacity
 from vision_dlg.data import dataset_image
 from vision_dlg.metrics import pair_images, psnr, score_images
 
@@ -114,7 +115,9 @@ def attack_batch_size(args: argparse.Namespace, model, info: dict, bs: int) -> d
                                         out=args.out.parent / f"{args.out.stem}-batch{bs}.jsonl")).rows[0]
     row = {"model": args.model, "image_size": args.image_size, "batch_size": bs, "mode": args.mode,
            "distance": args.distance, "normalize": args.normalize,
-           "init_std": config.initial_std(config.uses_box(bs, train=args.mode == "train")), "tv": rec["tv"],
+           "init_std": config.initial_std(config.uses_box(bs, train=args.mode == "train", undetermined=not
+                                                          gradient_capacity(model, images.shape[1:], bs).determined)),
+           "tv": rec["tv"],
            "prior": rec["prior"], "restored": "steps" in reached, "steps_to_restore": reached.get("steps"),
            "evaluations_to_restore": reached.get("evaluations"),
            "seconds_to_restore": round(reached["seconds"], 1) if "seconds" in reached else None,

@@ -148,9 +148,7 @@ class ImageAttack:
             return plugin, found
         steps = min(self.config.polish_steps, self.config.matching.steps)
         logger.info("polishing without the prior: %d more steps from distance %.4g", steps, found.distance)
-        bare = ImagePlugin(self.model, plugin.batch_size, plugin.image_shape, plugin.num_classes,
-                           labels=plugin.labels, learn_labels=plugin.learn_labels, clamp=plugin.clamp, box=plugin.box,
-                           start=found.leaves)
+        bare = plugin.variant(tv=0.0, start=found.leaves)
         config = replace(self.config.matching, steps=steps, restarts=1, stall_step=None)
         polished = GradientMatcher(bare, config, callbacks=[self._on_step(bare)]).run(gradients, generator=generator)
         return bare, replace(polished, steps=found.steps + polished.steps, abandoned=found.abandoned,
@@ -163,24 +161,25 @@ class ImageAttack:
         form (probing the gradient's contrast sensitivity where the form is open), boxed pixels or not."""
         labels, exact = None, False
         check_batch_claim(gradients, self.model, batch_size)
-        warn_if_undetermined(self.model, image_shape, batch_size)
+        undetermined = not warn_if_undetermined(self.model, image_shape, batch_size).determined
         if self.config.label_method == "analytic":
             labels = infer_labels(gradients, self.model, batch_size)
             exact = labels_are_exact(gradients, self.model, batch_size)
-        blind = (self.config.probes_contrast(batch_size)
+        blind = (self.config.probes_contrast(batch_size, undetermined=undetermined)
                  and contrast_sensitivity(self.model, image_shape, batch_size, num_classes,
                                           train_mode=train) < CONTRAST_BLIND)
         if blind:
             logger.info("the gradient is blind to the batch's contrast (batch norm on the batch's statistics): "
                         "the total-variation prior scales the distance")
-        tv, form = self.config.prior_for(batch_size, contrast_blind=blind)
-        box = self.config.uses_box(batch_size, train=train)
+        tv, form = self.config.prior_for(batch_size, contrast_blind=blind, undetermined=undetermined)
+        box = self.config.uses_box(batch_size, train=train, undetermined=undetermined)
         plugin = ImagePlugin(self.model, batch_size, image_shape, num_classes, labels=labels,
                              learn_labels=labels is not None and not exact, tv=tv,
                              clamp=self.config.clamp, box=box, init_std=self.config.initial_std(box))
         return plugin, tv, form
 
     def _on_step(self, plugin: ImagePlugin) -> Callable[[StepRecord], bool]:
+        """The engine's callback: the decoded images to ours every ``log_every`` steps."""
         every, steps = self.config.log_every, self.config.matching.steps
 
         def on_step(record: StepRecord) -> bool:

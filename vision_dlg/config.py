@@ -17,6 +17,11 @@ LABEL_METHODS = ("analytic", "dlg")
 # 101 and a stall near 16 dB; LeNet batch 4 (benchmarks/bench_vision.py): mean 29.0 dB instead of 28.5 dB.
 BOXED_INIT_STD = 0.01
 BATCH_TV = 1e-3  # LeNet, 4 LFW faces at 32x32: 13 dB without, 29 dB with (boxed pixels, 300 L-BFGS steps)
+# One image with more pixels than its gradient has directions (vision_dlg/capacity.py: DLG's LeNet at 64x64,
+# 12,288 pixels, 11,208 directions): boxed pixels and this prior added. LeNet 64x64, 8 faces x 3 seeds: 23/24 at
+# 30 dB or more, median 35.6 dB (benchmarks/results/vision_restarts.jsonl; raw pixels without a prior: 6.0-6.3 dB).
+# Exploratory, faces 80-81, seed 0 (CHANGELOG 2026-12-06): 16 dB at 1e-4, 23-26 dB at 1e-3, 33 dB at 3e-3.
+SINGLE_TV = 1e-2
 # contrast_sensitivity below this: the gradient is blind to the batch's contrast (benchmarks/bench_contrast.py:
 # train-mode ResNet-20 5.5e-4 to 1.1e-3; its eval mode and LeNet 0.62 to 2.1). There an added prior shrinks the
 # contrast along that blind direction: a train-mode ResNet-20 batch of 8 at 16x16 went from pixel std 0.15 to
@@ -117,25 +122,29 @@ class ImageAttackConfig:
         if not isinstance(self.polish_steps, int) or self.polish_steps < 0:
             raise ConfigError(f"polish_steps: expected a non-negative integer, got {self.polish_steps!r}")
 
-    def uses_box(self, batch_size: int, *, train: bool) -> bool:
-        """Whether the pixels are boxed (the sigmoid of optimised logits) for this batch size and mode."""
-        return self.box if self.box is not None else (batch_size > 1 or train)
+    def uses_box(self, batch_size: int, *, train: bool, undetermined: bool = False) -> bool:
+        """Whether the pixels are boxed (the sigmoid of optimised logits) for this batch size and mode
+        (``undetermined``: the gradient cannot determine the pixels, :mod:`vision_dlg.capacity`)."""
+        return self.box if self.box is not None else (batch_size > 1 or train or undetermined)
 
-    def prior_for(self, batch_size: int, *, contrast_blind: bool = False) -> tuple[float, str]:
+    def prior_for(self, batch_size: int, *, contrast_blind: bool = False,
+                  undetermined: bool = False) -> tuple[float, str]:
         """The total-variation weight and how it enters the objective (``add`` or ``scale``) for a batch of
         ``batch_size`` (``contrast_blind``: the gradient does not see the batch's contrast,
-        :func:`vision_dlg.victim.contrast_sensitivity`)."""
+        :func:`vision_dlg.victim.contrast_sensitivity`; ``undetermined``: it cannot determine the pixels)."""
         form = self.prior or ("scale" if contrast_blind else "add")
         if self.tv is not None:
             return self.tv, form
+        if form == "scale":
+            return (SCALED_TV if batch_size > 1 or undetermined else 0.0), form
         if batch_size == 1:
-            return 0.0, form
-        return (SCALED_TV if form == "scale" else BATCH_TV), form
+            return (SINGLE_TV if undetermined else 0.0), form
+        return BATCH_TV, form
 
-    def probes_contrast(self, batch_size: int) -> bool:
+    def probes_contrast(self, batch_size: int, *, undetermined: bool = False) -> bool:
         """Whether the attack must measure the gradient's contrast sensitivity to choose how the prior enters:
         the form is not given and the prior's weight is not 0."""
-        return self.prior is None and (bool(self.tv) if self.tv is not None else batch_size > 1)
+        return self.prior is None and (bool(self.tv) if self.tv is not None else batch_size > 1 or undetermined)
 
     def initial_std(self, box: bool) -> float:
         """The std of the initial pixels (``box``: pixel logits) this config gives."""

@@ -12,6 +12,7 @@ to the distance or scales the distance by it, ``MatchingConfig.prior``).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,12 @@ class ImagePlugin:
         self.device = model_device(model)
         if self.labels is not None:
             self.labels = self.labels.to(self.device)
+
+    def variant(self, **changes: Any) -> ImagePlugin:
+        """This plugin with some of its options changed (``tv``, ``start``, ...)."""
+        options = {"labels": self.labels, "learn_labels": self.learn_labels, "tv": self.tv, "clamp": self.clamp,
+                   "box": self.box, "init_std": self.init_std, "start": self.start}
+        return ImagePlugin(self.model, self.batch_size, self.image_shape, self.num_classes, **{**options, **changes})
 
     def matched_parameters(self) -> Mapping[str, torch.Tensor]:
         return self._params

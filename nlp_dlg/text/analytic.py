@@ -725,11 +725,11 @@ def search_sentences(model: BertForMaskedLM, span2: Span, candidates: Sequence[t
     without a sentence, each came back whole with the other (``_descend``).
 
     Where the pair filter does not separate, a start the descent leaves uncertified goes on to
-    :func:`_iterated_search` (when, :meth:`_SentenceSearch._polish`), and a search of more than ``PEEL_FIRST_ABOVE`` sentences with ``peel_later`` returns
-    at its first certified sentence (a batch of 4 came back whole without it, 16 of 16 reviews): the deepest
-    false fits at a shorter length are a found sentence's prefixes (with ``[SEP]`` moved in), which peeling removes
-    from the gradient (MiniLM, a batch of 8 reviews: of 6 uncertified ends at lengths 16-17, 5 were a longer
-    sentence of the batch cut short)."""
+    :func:`_iterated_search` (when: :meth:`_SentenceSearch._polish`), and a search of more than
+    ``PEEL_FIRST_ABOVE`` sentences with ``peel_later`` returns at its first certified sentence (a batch of 4 came
+    back whole without it, 16 of 16 reviews): the deepest false fits at a shorter length are a found sentence's
+    prefixes (with ``[SEP]`` moved in), which peeling removes from the gradient (MiniLM, a batch of 8 reviews: of 6
+    uncertified ends at lengths 16-17, 5 were a longer sentence of the batch cut short)."""
     kept, separated = _kept_candidates(model, span2, candidates, batch_size, generator)
     for damped in (separated, not separated):
         if damped != separated:

@@ -267,6 +267,24 @@ def test_the_gradient_capacity_bounds_the_images_a_lenet_gradient_can_determine(
     assert not gradient_capacity(big, (3, 64, 64), 1).determined
 
 
+def test_one_image_the_gradient_cannot_determine_gets_boxed_pixels_and_the_prior():
+    from vision_dlg.config import SCALED_TV, SINGLE_TV
+
+    config = ImageAttackConfig()
+    assert config.prior_for(1) == (0.0, "add") and not config.uses_box(1, train=False)
+    assert config.prior_for(1, undetermined=True) == (SINGLE_TV, "add") > (0.0, "add")
+    assert config.prior_for(1, contrast_blind=True, undetermined=True) == (SCALED_TV, "scale")
+    assert config.uses_box(1, train=False, undetermined=True) and config.probes_contrast(1, undetermined=True)
+    paper = ImageAttackConfig(tv=0.0, box=False)                   # the paper as written stays reachable
+    assert paper.prior_for(1, undetermined=True) == (0.0, "add") and not paper.uses_box(1, train=False,
+                                                                                        undetermined=True)
+    spec = VisionModelSpec("lenet", num_classes=10, image_size=64, seed=1)
+    model, [(obs, _)] = _capture(skimage_photo("coffee", size=64)[None], [2], spec=spec)
+    [rec] = ImageAttack(model, ImageAttackConfig(matching=MatchingConfig(steps=1))).attack(
+        obs, generator=torch.Generator().manual_seed(0))
+    assert (rec.tv, rec.prior) == (SINGLE_TV, "add")
+
+
 def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_one_keeps_the_priors_choice(caplog):
     images = torch.stack([skimage_photo("coffee", size=16), skimage_photo("astronaut", size=16)])
     model, [(obs, _)] = _capture(images, [2, 5])
@@ -290,3 +308,4 @@ def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_on
         ImageAttack(model, replace(config, matching=MatchingConfig(steps=1))).attack(
             obs, generator=torch.Generator().manual_seed(0))
     assert "cannot determine the images" in caplog.text and "no polish without the prior" in caplog.text
+
