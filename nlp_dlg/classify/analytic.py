@@ -77,7 +77,12 @@ def sentences_of(model: Any, tokenizer: Any, gradients: Mapping[str, torch.Tenso
             rest = peel_sentence(model, rest, sentence, batch_size - i, tokenizer.pad_token_id)[0]
         logger.info("%d of %d sentence(s) certified; their share of the gradient removed, the other %d searched "
                     "on the rest", len(certified), batch_size, batch_size - len(certified))
-        return certified + sentences_of(model, tokenizer, rest, batch_size - len(certified), generator, peel=peel)
+        try:
+            return certified + sentences_of(model, tokenizer, rest, batch_size - len(certified), generator, peel=peel)
+        except SpanUnavailable as exc:        # the certified sentences stay; the rest as the whole search left it
+            logger.warning("the peeled rest: %s; the best uncertified sentences of the whole batch's search instead",
+                           exc)
+            return [list(s.token_ids) for s in search.result()]
     found = search.result()
     if not found:
         raise SpanUnavailable("no sentence fits the attention spans")

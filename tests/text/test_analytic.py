@@ -454,3 +454,31 @@ def test_a_search_that_wants_one_sentence_stops_at_the_first(capture, tiny_model
         search.run(3, peel_later=True)
     expected = {tuple(row[m.bool()].tolist()) for row, m in zip(truth.masked_input_ids, truth.attention_mask)}
     assert len(search.found) == 1 and set(search.found) <= expected
+
+
+def test_the_iterated_search_waits_for_an_empty_round_unless_the_search_wants_fewer_sentences(
+        capture, tiny_model, tokenizer, monkeypatch):
+    from nlp_dlg.text import analytic
+
+    truth, span2, candidates = _pair_batch(capture, tiny_model)
+    calls = []
+
+    def counted(first, span2, ids, options, generator, rounds=analytic.ITERATE_ROUNDS):
+        calls.append(len(ids))
+        return ids, 1.0
+    monkeypatch.setattr(analytic, "_iterated_search", counted)
+    for enough, expected in ((None, [False, True]), (1, [True, True])):
+        search = analytic._SentenceSearch(tiny_model, span2, candidates, 2, cls_id=tokenizer.cls_token_id,
+                                          sep_id=tokenizer.sep_token_id, generator=torch.Generator().manual_seed(0),
+                                          starts=8, max_sweeps=0, damped=True, iterate=True, enough=enough)
+        length = next(iter(search.searches))
+        wrong = torch.tensor([tokenizer.cls_token_id] + [int(o[-1]) for o in search.searches[length][0][1:-1]]
+                             + [tokenizer.sep_token_id])
+        iterated = []
+        for fruitless in (0, 1):
+            search.fruitless[length], before = fruitless, len(calls)
+            with torch.no_grad():
+                residual = search._polish(wrong, length)[1]
+            assert residual >= analytic.CERTIFY_MAX           # a start the descent (no sweeps) leaves uncertified
+            iterated.append(len(calls) > before)
+        assert iterated == expected
