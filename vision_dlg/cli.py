@@ -34,6 +34,7 @@ from vision_dlg.config import (
     LABEL_METHODS,
     MODELS,
     SCALED_TV,
+    SINGLE_TV,
     ImageAttackConfig,
     VisionModelSpec,
 )
@@ -72,15 +73,17 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                         f"optimised with the pixels, as the paper (default: {ATTACK.label_method})")
     add_matching_options(a, ATTACK.matching)
     a.add_argument("--tv", type=float, default=ATTACK.tv,
-                   help=f"weight of a total-variation prior (default: 0 for one image; for a batch {BATCH_TV:g} added "
-                        f"to the distance, or {SCALED_TV:g} scaling it, see --prior)")
+                   help=f"weight of a total-variation prior (default: 0 for one image its gradient determines, "
+                        f"{SINGLE_TV:g} added for one it cannot; for a batch {BATCH_TV:g} added to the distance, or "
+                        f"{SCALED_TV:g} scaling it, see --prior)")
     a.add_argument("--prior", choices=PRIORS, default=ATTACK.prior,
                    help="how the prior enters the objective: added to the distance, or scaling it by (1 + prior), "
                         "which fades as the gradients match (default: scale where the gradient is blind to the "
                         "batch's contrast, as batch norm in train mode; else add)")
     a.add_argument("--box", choices=list(BOX), default="auto",
                    help="optimise pixel logits (pixels = their sigmoid, in (0, 1)) or raw pixels as DLG published "
-                        "(default auto: raw for one image, logits for a batch or a train-mode gradient)")
+                        "(default auto: raw for one image, logits for a batch, a train-mode gradient or an image the "
+                        "gradient cannot determine)")
     a.add_argument("--init-std", type=float, default=ATTACK.init_std,
                    help="standard deviation of the initial pixels, or pixel logits with the box (default: 1, DLG's "
                         f"standard normal, for raw pixels; {BOXED_INIT_STD:g} for logits, which keeps their sigmoid "

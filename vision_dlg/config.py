@@ -76,18 +76,19 @@ class ImageAttackConfig:
             same minimiser), and up to ``RESTARTS`` starts: one whose distance has not fallen below
             ``STALL_DROP`` of its first by step ``STALL_STEP`` is abandoned for a fresh one (``restarts=1``: the
             paper's single start).
-        tv: weight of a total-variation prior on the images; None (default): 0 for one image; for a batch
-            ``BATCH_TV`` added to the distance (a batch's gradient leaves room for noise-like images that
-            match it), or ``SCALED_TV`` scaling it.
+        tv: weight of a total-variation prior on the images; None (default): 0 for one image its gradient
+            determines, ``SINGLE_TV`` for one it cannot (:mod:`vision_dlg.capacity`); for a batch ``BATCH_TV``
+            added to the distance (a batch's gradient leaves room for noise-like images that match it), or
+            ``SCALED_TV`` scaling it (also for one undetermined image).
         prior: how the prior enters the objective, ``add`` or ``scale`` (the attack sets the engine's
             ``MatchingConfig.prior`` from this); None (default): ``scale`` where the gradient is blind to the
             batch's contrast (train-mode batch norm: an added prior shrinks the contrast along that blind
             direction), else ``add``.
         clamp: keep the pixels in [0, 1] after each step (unboxed pixels only).
         box: optimise pixel logits (pixels = their sigmoid, always in (0, 1)); None (default): raw pixels as
-            DLG published for one image (they converge faster there), logits for a batch or a train-mode
+            DLG published for one image (they converge faster there), logits for a batch, a train-mode
             gradient (batch norm on the batch's statistics ignores the image's scale, so raw pixels drift
-            out of range there).
+            out of range there) or an image the gradient cannot determine.
         init_std: standard deviation of the initial pixels (or pixel logits with ``box``); None (default): 1,
             DLG's standard normal, for raw pixels, and ``BOXED_INIT_STD`` for logits.
         log_every: call the callbacks every this many steps (and at step 0 and the last).
