@@ -385,7 +385,7 @@ def headline_md() -> str:
     lines += [_causal_line("gpt2", "GPT-2 random init", 8)]
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
-    lines += [_classify_line(b) for b in (1, 4, 8)]
+    lines += [_classify_line(b) for b in (1, 8, 16)]
     lines += [_recovery_line(), _vision_line(), _vision_line(64), _vision_batch_line(8, 16), _vision_batch_line(4, 24),
               _vision_batch_line(4, 32)]
     body = "\n".join("| " + " | ".join(cells) + " |" for cells in lines if cells)
