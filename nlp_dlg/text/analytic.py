@@ -731,14 +731,14 @@ def search_sentences(model: BertForMaskedLM, span2: Span, candidates: Sequence[t
     prefixes (with ``[SEP]`` moved in), which peeling removes from the gradient (MiniLM, a batch of 8 reviews: of 6
     uncertified ends at lengths 16-17, 5 were a longer sentence of the batch cut short)."""
     kept, separated = _kept_candidates(model, span2, candidates, batch_size, generator)
+    # where the pair filter does not separate, a search of a batch above PEEL_FIRST_ABOVE that will be peeled
+    # returns its first sentence: a found sentence's prefixes are the deepest false fits at the shorter lengths,
+    # and peeling removes them
+    early = peel_later and not separated and batch_size > PEEL_FIRST_ABOVE
     for damped in (separated, not separated):
         if damped != separated:
             logger.info("no sentence certified with the %s descent: the search again with the %s one",
                         *(("undamped", "damped") if damped else ("damped", "undamped")))
-        # where the pair filter does not separate, a search of a batch above PEEL_FIRST_ABOVE that will be peeled
-        # returns its first sentence: a found sentence's prefixes are the deepest false fits at the shorter lengths,
-        # and peeling removes them
-        early = peel_later and not separated and batch_size > PEEL_FIRST_ABOVE
         search = _SentenceSearch(model, span2, kept, batch_size, cls_id=cls_id, sep_id=sep_id, generator=generator,
                                  starts=starts, max_sweeps=max_sweeps, damped=damped, iterate=not separated,
                                  enough=1 if early else None)
