@@ -369,6 +369,17 @@ def _causal_line(architecture: str, label: str, batch: int, words: str = "8-24 w
             f"exact, {r['seconds_per_batch']:.1f} s per batch", f"{r['date']}, `causal.jsonl`"]
 
 
+def _lora_line(rank: int) -> list[str] | None:
+    r = _latest("causal.jsonl", lambda r: "pursuit" in r.get("attacks_run", []), architecture="gpt2",
+                lora_rank=rank, batch_size=1)
+    if r is None:
+        return None
+    return [f"GPT-2 random init, causal LM, LoRA rank {rank} (only adapters shared), batch 1, `span` refused, "
+            f"pursuit and order search ran", f"token accuracy {r['token_accuracy']:.3f}, ROUGE-1 {r['rouge1']:.3f}, "
+            f"{r['exact']}/{r['sentences']} exact, {r['seconds_per_batch']:.1f} s per sentence",
+            f"{r['date']}, `causal.jsonl`"]
+
+
 def _classify_line(batch: int) -> list[str] | None:
     r = _latest("classify.jsonl", method="span", batch_size=batch)
     if r is None:
@@ -384,7 +395,7 @@ def headline_md() -> str:
     lines += [_method_line("minilm", "pretrained MiniLM", b, reviews=True) for b in (4, 8)]
     lines += [_causal_line("gpt2", "GPT-2 random init", 8)]
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
-    lines += [_causal_line("llama", "LLaMA (small) random init", 8)]
+    lines += [_causal_line("llama", "LLaMA (small) random init", 8), _lora_line(8)]
     lines += [_classify_line(b) for b in (1, 8, 16)]
     lines += [_recovery_line(), _vision_line(), _vision_line(64), _vision_batch_line(8, 16), _vision_batch_line(4, 24),
               _vision_batch_line(4, 32)]

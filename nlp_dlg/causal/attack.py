@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from nlp_dlg.causal.analytic import recover, token_candidates
 from nlp_dlg.causal.config import CausalAttackConfig
 from nlp_dlg.causal.layers import DecoderLayers
 from nlp_dlg.causal.plugin import CausalLMPlugin
+from nlp_dlg.causal.pursuit import recover_one
 from nlp_dlg.causal.task import decode_text
 from nlp_dlg.engine.matcher import GradientMatcher, StepRecord
 from nlp_dlg.engine.span import SpanUnavailable
@@ -42,6 +44,11 @@ class CausalLMAttack:
                 guess = recover(self.model, grads, batch_size=size, pad_id=self.tokenizer.pad_token_id,
                                 max_positions=self.config.max_length)
             except SpanUnavailable as exc:
+                if size == 1:
+                    logger.warning("batch %d: the span test cannot work on this gradient (%s): pursuit", batch, exc)
+                    found = self._pursued(grads, generator, batch)
+                    if found is not None:
+                        return found
                 logger.warning("batch %d: the span test cannot work on this gradient (%s): gradient matching", batch,
                                exc)
             else:
@@ -50,6 +57,25 @@ class CausalLMAttack:
                                              seconds, "span", certified=guess.certified)
                         for i, s in enumerate(guess.sequences)]
         return self._matched(grads, size, generator, batch)
+
+    def _pursued(self, grads: Any, generator: torch.Generator, batch: int) -> list[Reconstruction] | None:
+        """Batch 1 without a span: :mod:`nlp_dlg.causal.pursuit` (None where the shared tensors do not allow it)."""
+        every = self.config.log_every
+
+        def on_round(round_: int, ids: list[int], distance: float) -> None:
+            if round_ % every == 0:
+                logger.info("order search round %d: distance %.4g | %s", round_, distance,
+                            decode_text(self.tokenizer, ids))
+        try:
+            guess = recover_one(self.model, grads, pad_id=self.tokenizer.pad_token_id, generator=generator,
+                                config=replace(self.config.pursuit, max_length=self.config.max_length),
+                                on_round=on_round)
+        except SpanUnavailable as exc:
+            logger.warning("batch %d: no pursuit either (%s)", batch, exc)
+            return None
+        return [Reconstruction(batch, 0, tuple(guess.sequence), decode_text(self.tokenizer, guess.sequence),
+                               guess.distance, 0, guess.evaluations, guess.seconds, "pursuit",
+                               certified=guess.certified)]
 
     def _shape(self, grads: Any, size: int) -> tuple[int, torch.Tensor]:
         """dlg's sequence length and candidate tokens: from the first layer's span, else a default length and

@@ -11,6 +11,33 @@ METHODS = ("span", "dlg")
 
 
 @dataclass(frozen=True)
+class PursuitConfig:
+    """Options of :func:`nlp_dlg.causal.pursuit.recover_one`, the batch-1 search where no span test works.
+
+    Args:
+        labels: labels per step evaluated exactly (of the vocabulary, ranked by the directional derivative).
+        runners_up: labels per step kept as the order search's substitutes and insertions.
+        max_length: the longest sentence the pursuit builds.
+        candidates: moves evaluated per round of the order search.
+        rounds: most rounds of the order search.
+        patience: rounds without gain that end the order search.
+    """
+
+    labels: int = 16
+    runners_up: int = 3
+    max_length: int = 64
+    candidates: int = 64
+    rounds: int = 60
+    patience: int = 15
+
+    def __post_init__(self) -> None:
+        for name in ("labels", "runners_up", "max_length", "candidates", "rounds", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "rounds" else 1):
+                raise ConfigError(f"pursuit.{name}: expected a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
 class CausalAttackConfig:
     """Attacker options.
 
@@ -22,6 +49,8 @@ class CausalAttackConfig:
         matching: the engine's options.
         log_every: decode and report every this many steps.
         max_length: the longest sequence the span search tries.
+        pursuit: ``span`` at batch 1 where no span test can work (LoRA of a rank below the token count): the
+            pursuit and order search's options (:mod:`nlp_dlg.causal.pursuit`; its ``max_length`` is ``max_length``).
         peel: classification, ``span``, a batch partly certified: remove the certified sentences' share of the
             gradient and search the rest as a batch of its own (:func:`nlp_dlg.classify.analytic.sentences_of`).
     """
@@ -32,6 +61,7 @@ class CausalAttackConfig:
     log_every: int = 1
     max_length: int = 64
     peel: bool = True
+    pursuit: PursuitConfig = field(default_factory=PursuitConfig)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

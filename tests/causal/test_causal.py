@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from nlp_dlg.causal.attack import CausalLMAttack
-from nlp_dlg.causal.config import CausalAttackConfig
+from nlp_dlg.causal.config import CausalAttackConfig, PursuitConfig
 from nlp_dlg.causal.layers import DecoderLayers
 from nlp_dlg.causal.model import CausalSpec, load_bpe_tokenizer, load_causal_lm, model_metadata
+from nlp_dlg.causal.pursuit import Terms, reorder
 from nlp_dlg.causal.victim import capture_causal
 from nlp_dlg.engine import MatchingConfig, load_observation, save_observation
+from nlp_dlg.engine.distance import CERTIFY_DISTANCE
+from nlp_dlg.engine.span import SpanUnavailable
 
 REVIEWS = ["a gripping thriller that never lets go of its audience .",
            "the acting is wooden and the plot makes no sense."]
@@ -109,8 +112,45 @@ def test_lora_shares_only_adapters_whose_span_shows_the_prefix_when_the_rank_exc
         model = add_lora(load_causal_lm(spec, bpe), rank=rank, seed=0, architecture="gpt2")
         [(obs, _)] = capture_causal(model, bpe, REVIEWS[:1], model_info={})
         assert obs.gradients and all(".lora_" in n for n in obs.gradients)
-        config = CausalAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=2))
+        config = CausalAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=2),
+                                    pursuit=PursuitConfig(labels=4, candidates=4, rounds=1))
         recs[rank] = CausalLMAttack(model, bpe, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
     assert recs[64].method == "span" and REVIEWS[0].startswith(recs[64].reconstruction)
     assert recs[64].reconstruction == REVIEWS[0][:-2] and not recs[64].certified  # the last token is not shared
-    assert recs[8].method == "dlg" and "more inputs fed it than its 8 dimensions" in caplog.text
+    assert recs[8].method == "pursuit" and "more inputs fed it than its 8 dimensions" in caplog.text
+    assert recs[8].evaluations > 0 and 0 <= recs[8].distance < 2
+
+
+def _lora_victim(bpe, text, rank=2):
+    from nlp_dlg.causal.model import add_lora
+
+    spec = CausalSpec(architecture="gpt2", config={"n_embd": 128, "n_layer": 3, "n_head": 2})
+    model = add_lora(load_causal_lm(spec, bpe), rank=rank, seed=0, architecture="gpt2")
+    [(obs, truth)] = capture_causal(model, bpe, [text], model_info={})
+    shared = {n: g for n, g in obs.gradients.items() if bool(g.any())}          # B; A's gradient is zero
+    return model, Terms(model, shared, bpe.pad_token_id), truth.input_ids[0].tolist()
+
+
+def test_a_decoder_gradient_is_the_mean_of_its_prefix_terms_and_labels_rank_by_one_directional_pass(bpe):
+    model, terms, ids = _lora_victim(bpe, REVIEWS[1])
+    observed = terms.observed
+    assert torch.allclose(terms.sentences([ids, ids[:4]])[0], observed, rtol=1e-4, atol=1e-7)
+    parts = terms.label_terms([ids[:t + 1] for t in range(len(ids) - 1)], ids[1:])          # (N, P)
+    assert torch.allclose(parts.mean(0), observed, rtol=1e-4, atol=1e-7)
+    u = torch.randn(observed.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    labels = [ids[4], 7, 123]
+    exact = terms.label_terms([ids[:4]] * 3, labels) @ u
+    ranked = terms.directional([ids[:4]], u[None])[0]                                         # (V,)
+    assert torch.allclose(ranked[labels], exact, rtol=1e-3, atol=1e-6)
+    with pytest.raises(SpanUnavailable, match="linear map"):
+        Terms(model, {"transformer.wte.weight": torch.ones(1)}, bpe.pad_token_id)
+
+
+def test_the_order_search_puts_swapped_tokens_back_and_certifies(bpe):
+    _, terms, ids = _lora_victim(bpe, REVIEWS[0], rank=8)
+    start = list(ids)
+    start[2], start[5] = start[5], start[2]
+    assert terms.distances([start])[0] > 1e-3
+    found, distance = reorder(terms, start, sorted(set(ids)), PursuitConfig(candidates=32, rounds=12),
+                              generator=torch.Generator().manual_seed(0))
+    assert found == ids and distance < CERTIFY_DISTANCE
