@@ -102,8 +102,9 @@ SECTIONS = (
             "decoders at random init with the shipped 8,192-token BPE (GPT-2: 12 layers x 768, 92M parameters with "
             "this vocabulary; LLaMA: 8 layers x 512); held-out Rotten Tomatoes reviews (`benchmarks/realtext.py`), "
             "captured by `nlp-dlg capture --task causal-lm` in one process, attacked from the files in another; "
-            "`span` falls back to `dlg` (at most `eval cap` evaluations) where the span test cannot work (`ran` "
-            "says which ran, in rows that record it)",
+            "where the span test cannot work `span` falls back, at batch 1 with only linear weights shared (LoRA), to "
+            "the pursuit and order search of `nlp_dlg/causal/pursuit.py`, else to `dlg` (at most `eval cap` "
+            "evaluations); `ran` says which ran, in rows that record it",
             "python benchmarks/bench_causal.py --architecture A --batch-sizes B",
             (DATE, Col("family", "architecture"), Col("LoRA rank", "lora_rank"), Col("batch", "batch_size"),
              Col("method", "method"), Col("ran", lambda r: ", ".join(r["attacks_run"]) if "attacks_run" in r else None),

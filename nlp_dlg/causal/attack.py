@@ -1,6 +1,6 @@
-"""Reconstruct text from a causal-LM gradient: ``span`` (exact, :mod:`nlp_dlg.causal.analytic`, with gradient
-matching where the span test cannot work) or ``dlg`` (the paper's matching, :mod:`nlp_dlg.causal.plugin`), with
-the decoded text reported at every logged step."""
+"""Reconstruct text from a causal-LM gradient: ``span`` (exact, :mod:`nlp_dlg.causal.analytic`; where the span
+test cannot work, :mod:`nlp_dlg.causal.pursuit` at batch 1 with LoRA, else gradient matching) or ``dlg`` (the
+paper's matching, :mod:`nlp_dlg.causal.plugin`), with the decoded text reported at every logged step."""
 
 from __future__ import annotations
 

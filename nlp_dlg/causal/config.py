@@ -27,7 +27,7 @@ class PursuitConfig:
     runners_up: int = 3
     max_length: int = 64
     candidates: int = 64
-    rounds: int = 60
+    rounds: int = 120
     patience: int = 15
 
     def __post_init__(self) -> None:
@@ -42,8 +42,9 @@ class CausalAttackConfig:
     """Attacker options.
 
     Args:
-        method: ``span`` (tokens and sentences read off the gradient, certified; gradient matching where the span
-            test cannot work) or ``dlg`` (the paper's gradient matching on dummy embeddings and soft labels).
+        method: ``span`` (tokens and sentences read off the gradient, certified; where the span test cannot work,
+            the pursuit and order search at batch 1 with LoRA, else gradient matching) or ``dlg`` (the paper's
+            gradient matching on dummy embeddings and soft labels).
         use_priors: ``dlg`` decodes over, and labels with, the token set the first layer's span shows (False: the
             whole vocabulary, the paper as written).
         matching: the engine's options.
