@@ -44,13 +44,14 @@ class CausalLMAttack:
                 guess = recover(self.model, grads, batch_size=size, pad_id=self.tokenizer.pad_token_id,
                                 max_positions=self.config.max_length)
             except SpanUnavailable as exc:
-                if size == 1:
+                if size != 1:
+                    logger.warning("batch %d: the span test cannot work on this gradient (%s): gradient matching",
+                                   batch, exc)
+                else:
                     logger.warning("batch %d: the span test cannot work on this gradient (%s): pursuit", batch, exc)
                     found = self._pursued(grads, generator, batch)
                     if found is not None:
                         return found
-                logger.warning("batch %d: the span test cannot work on this gradient (%s): gradient matching", batch,
-                               exc)
             else:
                 seconds = time.perf_counter() - started
                 return [Reconstruction(batch, i, tuple(s), decode_text(self.tokenizer, s), guess.distance, 0, 0,
@@ -71,7 +72,7 @@ class CausalLMAttack:
                                 config=replace(self.config.pursuit, max_length=self.config.max_length),
                                 on_round=on_round)
         except SpanUnavailable as exc:
-            logger.warning("batch %d: no pursuit either (%s)", batch, exc)
+            logger.warning("batch %d: no pursuit either (%s): gradient matching", batch, exc)
             return None
         return [Reconstruction(batch, 0, tuple(guess.sequence), decode_text(self.tokenizer, guess.sequence),
                                guess.distance, 0, guess.evaluations, guess.seconds, "pursuit",

@@ -29,6 +29,7 @@ from torch import nn
 from nlp_dlg.causal.config import PursuitConfig
 from nlp_dlg.engine.distance import CERTIFY_DISTANCE
 from nlp_dlg.engine.span import SpanUnavailable
+from nlp_dlg.text.steps import padded_batch
 
 logger = logging.getLogger(__name__)
 
@@ -66,23 +67,25 @@ class Terms:
         self.observed = torch.cat([gradients[n].double().flatten() for n in self.names])      # (P,)
         self.evaluations = 0
 
-    def _run(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, list]:
-        """Logits ``(B, T, V)``, the mask, and each hooked map's (input, output) for right-padded ``sequences``."""
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(sequences):
-            ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(list(s)), 1
+    def _run(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+        """Logits ``(B, T, V)``, the ids and mask, and each hooked map's (input, output) for right-padded
+        ``sequences``."""
+        ids, mask = padded_batch(sequences, self.pad_id, self.device)
         seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
         hooks = [m.register_forward_hook(lambda m, args, out: seen.__setitem__(m, (args[0], out)))
                  for m in self.modules]
         try:
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
         finally:
             for h in hooks:
                 h.remove()
         self.evaluations += len(sequences)
-        return logits.float(), mask.to(self.device), [seen[m] for m in self.modules]
+        return logits.float(), ids, mask, [seen[m] for m in self.modules]
+
+    def _last(self, prefixes: Sequence[Sequence[int]]) -> tuple[torch.Tensor, list]:
+        """The logits at each prefix's last position ``(B, V)`` and the hooked maps' (input, output)."""
+        logits, _, mask, pairs = self._run(prefixes)
+        return logits[torch.arange(len(prefixes), device=self.device), mask.sum(1) - 1], pairs
 
     @staticmethod
     def _per_sequence(loss: torch.Tensor, pairs: list, *, create_graph: bool = False) -> torch.Tensor:
@@ -91,17 +94,11 @@ class Terms:
 
     def sentences(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
         """``(B, P)``: each sequence's own gradient of its mean next-token loss."""
-        logits, mask, pairs = self._run(sequences)
-        labels = self._labels(sequences, mask)
+        logits, ids, mask, pairs = self._run(sequences)
+        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)                                  # (B, T-1)
         ce = nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none")   # (B, T-1)
         loss = (ce.sum(1) / (labels != -100).sum(1).clamp(min=1)).sum()
         return self._per_sequence(loss, pairs).double()
-
-    def _labels(self, sequences: Sequence[Sequence[int]], mask: torch.Tensor) -> torch.Tensor:
-        labels = torch.full((len(sequences), mask.shape[1] - 1), -100, dtype=torch.long, device=self.device)
-        for i, s in enumerate(sequences):
-            labels[i, :len(s) - 1] = torch.tensor(list(s[1:]), device=self.device)
-        return labels
 
     def distances(self, sequences: Sequence[Sequence[int]], *, chunk: int = 64) -> list[float]:
         """Cosine distance of each sequence's gradient to the observed one."""
@@ -113,8 +110,7 @@ class Terms:
 
     def label_terms(self, prefixes: Sequence[Sequence[int]], labels: Sequence[int]) -> torch.Tensor:
         """``(B, P)``: ``F(prefix, label)``, the gradient of the loss at each prefix's last position only."""
-        logits, mask, pairs = self._run(prefixes)
-        last = logits[torch.arange(len(prefixes)), mask.sum(1) - 1]                           # (B, V)
+        last, pairs = self._last(prefixes)                                                   # (B, V)
         loss = nn.functional.cross_entropy(last, torch.tensor(list(labels), device=self.device), reduction="sum")
         return self._per_sequence(loss, pairs).double()
 
@@ -122,8 +118,7 @@ class Terms:
         """``(B, V)``: ``⟨u_b, F(prefix_b, v)⟩`` for every label ``v`` (``u (B, P)``), by double backprop:
         ``F = Jᵀ(p − e_v)``, so it is ``p·d − d_v`` with ``d = J u`` read off a gradient with respect to a
         zero weight on the logits."""
-        logits, mask, pairs = self._run(prefixes)
-        last = logits[torch.arange(len(prefixes)), mask.sum(1) - 1]                           # (B, V)
+        last, pairs = self._last(prefixes)                                                   # (B, V)
         weight = torch.zeros_like(last, requires_grad=True)
         per = self._per_sequence((weight * last).sum(), pairs, create_graph=True)               # (B, P)
         d, = torch.autograd.grad((per * u.to(per.dtype)).sum(), weight)
