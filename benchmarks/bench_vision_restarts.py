@@ -13,6 +13,7 @@ The truth is used to score only: PSNR per logged step gives the gradient evaluat
 a figure, truth over each config's images per seed, to `benchmarks/results/vision_restarts.png`.
 
     .venv/bin/python benchmarks/bench_vision_restarts.py [--seeds 0 1 2] [--images 8] [--batch-size 1]
+        [--tv W]
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ HERE = Path(__file__).resolve().parent
 SUCCESS_DB = 30.0
 
 
-def configs() -> dict:
+def configs(tv: float | None = None) -> dict:
     from nlp_dlg.engine import MatchingConfig
     from vision_dlg import ImageAttackConfig
 
     # every step logged: the evaluations to 30 dB are counted to the step
     paper = ImageAttackConfig(label_method="dlg", box=False, init_std=1.0, tv=0.0, polish_steps=0, log_every=1,
                               matching=MatchingConfig(distance="l2", steps=300, tolerance=1e-10, restarts=1))
-    return {"paper": paper, "toolkit": ImageAttackConfig(log_every=1)}
+    return {"paper": paper, "toolkit": ImageAttackConfig(log_every=1, tv=tv)}
 
 
 class Scorer:
@@ -95,7 +96,7 @@ def summary(name: str, config, runs: list[dict], args: argparse.Namespace) -> di
     reached = [r["evaluations_to_30db"] for r in runs if r["evaluations_to_30db"] is not None]
     return {"config": name, "model": "lenet", "image_size": args.image_size, "batch_size": args.batch_size,
             "seeds": args.seeds, "data": f"lfw_subset faces {args.first}-{args.first + args.images - 1}",
-            "restarts": config.matching.restarts, "stall_step": config.matching.stall_step,
+            "tv": config.tv, "restarts": config.matching.restarts, "stall_step": config.matching.stall_step,
             "stall_drop": config.matching.stall_drop, "label_method": config.label_method,
             "polish_steps": config.polish_steps if args.batch_size > 1 else None,
             "images": len(psnrs), "at_30db": sum(p >= SUCCESS_DB for p in psnrs),
@@ -138,6 +139,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--configs", nargs="+", default=["paper", "toolkit"], choices=["paper", "toolkit"])
+    ap.add_argument("--tv", type=float, default=None, help="the toolkit's total-variation weight (default: its own)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "vision_restarts.jsonl")
     ap.add_argument("--figure", type=Path, default=None, help="default: beside --out, .png")
     args = ap.parse_args()
@@ -146,7 +148,7 @@ def main() -> None:
     indices = list(range(args.first, args.first + args.images))
     labels = [(3 * i + 1) % 100 for i in range(args.images)]
     truth = torch.stack([dataset_image("lfw-subset", i, size=args.image_size)[0] for i in indices])
-    chosen = {k: v for k, v in configs().items() if k in args.configs}
+    chosen = {k: v for k, v in configs(args.tv).items() if k in args.configs}
     runs: dict[str, list[dict]] = {k: [] for k in chosen}
     grids: dict[str, torch.Tensor] = {}
     scores: dict[str, list[float]] = {}

@@ -7,7 +7,9 @@ batch 1: a pursuit over next-token terms, then a search over the order.
 * **Pursuit.** Tokens are chosen left to right: the label ``v`` whose term ``F(prefix, v)`` best matches what is
   left, ``⟨G − ĉ S, F⟩`` with ``S`` the terms so far and ``ĉ`` their least-squares scale (``1/N`` once the
   sentence is whole). Every label is ranked at once by one directional derivative of the logits
-  (``⟨u, ∇θ logit_v⟩`` for all ``v``, by double backprop), the best ``labels`` of them exactly.
+  (``⟨u, ∇θ logit_v⟩`` for all ``v``, by double backprop), the best ``labels`` of them exactly. The first token
+  is never a label: the pursuit starts from each of the ``first_tokens`` whose best label ranks highest, and
+  the sentence whose terms fit ``G`` best goes on.
 * **Order.** The pursuit finds the sentence's tokens far better than their order (each term is dominated by
   its label). A local search on the whole sentence's cosine gradient distance then tries every swap of
   neighbours and random edits up to ``candidates`` a round (drawn from a CPU generator): a block of 1–3 tokens
@@ -126,27 +128,26 @@ class Terms:
         return (p * d).sum(1, keepdim=True) - d
 
 
-def pursue(terms: Terms, config: PursuitConfig) -> tuple[list[int], list[int]]:
-    """The pursuit's sentence and its runners-up (labels nearly as good at some step)."""
+def first_tokens(terms: Terms, count: int) -> list[int]:
+    """The ``count`` first tokens whose best label's term points most along the gradient (directional ranking
+    of every (first token, label) pair, ``CHUNK`` first tokens a pass)."""
+    g, vocab = terms.observed, terms.model.get_input_embeddings().weight.shape[0]
+    best = torch.cat([terms.directional([[v] for v in range(s, min(vocab, s + CHUNK))],
+                                        g.expand(min(vocab, s + CHUNK) - s, -1)).max(1).values
+                      for s in range(0, vocab, CHUNK)])
+    return best.topk(min(count, vocab)).indices.tolist()
+
+
+def pursue_from(terms: Terms, first: int, config: PursuitConfig) -> tuple[list[int], float, set[int]]:
+    """The pursuit from ``first``: its sentence, the cosine of its terms' sum with the gradient, its runners-up
+    (labels nearly as good at some step). It stops when no label raises that cosine."""
     g = terms.observed
-    vocab = terms.model.get_input_embeddings().weight.shape[0]
-    best_pairs: list[tuple[float, int, int]] = []                  # the best (score, first, label) of each chunk
-    for s in range(0, vocab, CHUNK):
-        scores = terms.directional([[v] for v in range(s, min(vocab, s + CHUNK))],
-                                   g.expand(min(vocab, s + CHUNK) - s, -1))                 # (chunk, V)
-        top = scores.flatten().topk(config.labels)
-        best_pairs += [(float(x), s + i // vocab, i % vocab) for x, i in zip(top.values, top.indices.tolist())]
-    pairs = [[a, b] for _, a, b in sorted(best_pairs, reverse=True)[:config.labels]]
-    terms_0 = terms.label_terms([[a] for a, _ in pairs], [b for _, b in pairs])
-    best = int((terms_0 @ g).argmax())
-    sequence, total, spare = list(pairs[best]), terms_0[best], {b for _, b in pairs[:config.runners_up]}
-    fit = float(g @ total / (g.norm() * total.norm()))
+    sequence, total, fit, spare = [first], torch.zeros_like(g), -1.0, set()
     while len(sequence) < config.max_length:
-        u = g - float(g @ total / (total @ total)) * total
+        u = g if not bool(total.any()) else g - float(g @ total / (total @ total)) * total
         labels = terms.directional([sequence], u[None])[0].topk(config.labels).indices.tolist()
         options = terms.label_terms([sequence] * len(labels), labels)                          # (M, P)
-        gain = options @ u
-        ranked = gain.argsort(descending=True).tolist()
+        ranked = (options @ u).argsort(descending=True).tolist()
         spare |= {labels[i] for i in ranked[:config.runners_up]}
         trial = total + options[ranked[0]]
         trial_fit = float(g @ trial / (g.norm() * trial.norm()))
@@ -154,6 +155,17 @@ def pursue(terms: Terms, config: PursuitConfig) -> tuple[list[int], list[int]]:
             break
         sequence, total, fit = sequence + [labels[ranked[0]]], trial, trial_fit
         logger.debug("pursuit: %d tokens, cosine %.4f", len(sequence), fit)
+    return sequence, fit, spare
+
+
+def pursue(terms: Terms, config: PursuitConfig) -> tuple[list[int], list[int]]:
+    """The best-fitting pursuit over ``config.first_tokens`` first tokens: its sentence and its runners-up."""
+    found = []
+    for first in first_tokens(terms, config.first_tokens):
+        sequence, fit, spare = pursue_from(terms, first, config)
+        logger.info("pursuit from token %d: %d tokens, cosine %.4f", first, len(sequence), fit)
+        found.append((fit, sequence, spare))
+    _, sequence, spare = max(found, key=lambda f: f[0])
     return sequence, sorted(spare | set(sequence))
 
 

@@ -13,7 +13,7 @@ from nlp_dlg.causal.attack import CausalLMAttack
 from nlp_dlg.causal.config import CausalAttackConfig, PursuitConfig
 from nlp_dlg.causal.layers import DecoderLayers
 from nlp_dlg.causal.model import CausalSpec, load_bpe_tokenizer, load_causal_lm, model_metadata
-from nlp_dlg.causal.pursuit import Terms, reorder
+from nlp_dlg.causal.pursuit import Terms, first_tokens, pursue_from, reorder
 from nlp_dlg.causal.victim import capture_causal
 from nlp_dlg.engine import MatchingConfig, load_observation, save_observation
 from nlp_dlg.engine.distance import CERTIFY_DISTANCE
@@ -113,7 +113,7 @@ def test_lora_shares_only_adapters_whose_span_shows_the_prefix_when_the_rank_exc
         [(obs, _)] = capture_causal(model, bpe, REVIEWS[:1], model_info={})
         assert obs.gradients and all(".lora_" in n for n in obs.gradients)
         config = CausalAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=2),
-                                    pursuit=PursuitConfig(labels=4, candidates=4, rounds=1))
+                                    pursuit=PursuitConfig(labels=4, first_tokens=1, candidates=4, rounds=1))
         recs[rank] = CausalLMAttack(model, bpe, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
     assert recs[64].method == "span" and REVIEWS[0].startswith(recs[64].reconstruction)
     assert recs[64].reconstruction == REVIEWS[0][:-2] and not recs[64].certified  # the last token is not shared
@@ -144,6 +144,14 @@ def test_a_decoder_gradient_is_the_mean_of_its_prefix_terms_and_labels_rank_by_o
     assert torch.allclose(ranked[labels], exact, rtol=1e-3, atol=1e-6)
     with pytest.raises(SpanUnavailable, match="linear map"):
         Terms(model, {"transformer.wte.weight": torch.ones(1)}, bpe.pad_token_id)
+
+
+def test_the_pursuit_from_the_true_first_token_fits_better_than_from_the_best_ranked_others(bpe):
+    _, terms, ids = _lora_victim(bpe, REVIEWS[1], rank=8)
+    config = PursuitConfig(labels=8, max_length=len(ids) + 4)
+    ranked = first_tokens(terms, 3)
+    fits = {f: pursue_from(terms, f, config)[1] for f in [ids[0], *ranked]}
+    assert ids[0] not in ranked and all(fits[f] < fits[ids[0]] for f in ranked)
 
 
 def test_the_order_search_puts_swapped_tokens_back_and_certifies(bpe):
