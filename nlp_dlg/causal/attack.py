@@ -60,13 +60,16 @@ class CausalLMAttack:
         return self._matched(grads, size, generator, batch)
 
     def _pursued(self, grads: Any, generator: torch.Generator, batch: int) -> list[Reconstruction] | None:
-        """Batch 1 without a span: :mod:`nlp_dlg.causal.pursuit` (None where the shared tensors do not allow it)."""
-        every = self.config.log_every
+        """Batch 1 without a span: :mod:`nlp_dlg.causal.pursuit` (None where the shared tensors do not allow it).
+        The order search's rounds reach the callbacks as steps (round 0: the pursuit's sentence)."""
+        every, started = self.config.log_every, time.perf_counter()
 
-        def on_round(round_: int, ids: list[int], distance: float) -> None:
-            if round_ % every == 0:
-                logger.info("order search round %d: distance %.4g | %s", round_, distance,
-                            decode_text(self.tokenizer, ids))
+        def on_round(round_: int, ids: list[int], distance: float, evaluations: int) -> None:
+            if round_ % every == 0 or round_ == self.config.pursuit.rounds:
+                record = StepRecord(0, round_, evaluations, distance, distance, time.perf_counter() - started, {})
+                step = TextStep(record, (decode_text(self.tokenizer, ids),), torch.tensor([ids]))
+                for callback in self.callbacks:
+                    callback(step)
         try:
             guess = recover_one(self.model, grads, pad_id=self.tokenizer.pad_token_id, generator=generator,
                                 config=replace(self.config.pursuit, max_length=self.config.max_length),

@@ -16,8 +16,9 @@ class PursuitConfig:
 
     Args:
         labels: labels per step evaluated exactly (of the vocabulary, ranked by the directional derivative).
-        first_tokens: first tokens the pursuit starts from (those whose best label ranks highest); the sentence
-            whose terms fit the gradient best goes on to the order search.
+        first_tokens: first tokens tried (those whose best label ranks highest), each by a short pursuit of
+            ``screen`` tokens; the full pursuit starts from the one whose terms fit the gradient best.
+        screen: tokens of each short pursuit.
         runners_up: labels per step kept as the order search's substitutes and insertions.
         max_length: the longest sentence the pursuit builds.
         candidates: moves evaluated per round of the order search.
@@ -26,7 +27,8 @@ class PursuitConfig:
     """
 
     labels: int = 16
-    first_tokens: int = 4
+    first_tokens: int = 8
+    screen: int = 4
     runners_up: int = 3
     max_length: int = 64
     candidates: int = 64
@@ -34,7 +36,8 @@ class PursuitConfig:
     patience: int = 15
 
     def __post_init__(self) -> None:
-        for name in ("labels", "first_tokens", "runners_up", "max_length", "candidates", "rounds", "patience"):
+        for name in ("labels", "first_tokens", "screen", "runners_up", "max_length", "candidates", "rounds",
+                     "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "rounds" else 1):
                 raise ConfigError(f"pursuit.{name}: expected a positive integer, got {value!r}")

@@ -8,8 +8,8 @@ batch 1: a pursuit over next-token terms, then a search over the order.
   left, ``⟨G − ĉ S, F⟩`` with ``S`` the terms so far and ``ĉ`` their least-squares scale (``1/N`` once the
   sentence is whole). Every label is ranked at once by one directional derivative of the logits
   (``⟨u, ∇θ logit_v⟩`` for all ``v``, by double backprop), the best ``labels`` of them exactly. The first token
-  is never a label: the pursuit starts from each of the ``first_tokens`` whose best label ranks highest, and
-  the sentence whose terms fit ``G`` best goes on.
+  is never a label: each of the ``first_tokens`` whose best label ranks highest starts a short pursuit of
+  ``screen`` tokens, and the full pursuit starts from the one whose terms fit ``G`` best.
 * **Order.** The pursuit finds the sentence's tokens far better than their order (each term is dominated by
   its label). A local search on the whole sentence's cosine gradient distance then tries every swap of
   neighbours and random edits up to ``candidates`` a round (drawn from a CPU generator): a block of 1–3 tokens
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -159,13 +159,14 @@ def pursue_from(terms: Terms, first: int, config: PursuitConfig) -> tuple[list[i
 
 
 def pursue(terms: Terms, config: PursuitConfig) -> tuple[list[int], list[int]]:
-    """The best-fitting pursuit over ``config.first_tokens`` first tokens: its sentence and its runners-up."""
-    found = []
-    for first in first_tokens(terms, config.first_tokens):
-        sequence, fit, spare = pursue_from(terms, first, config)
-        logger.info("pursuit from token %d: %d tokens, cosine %.4f", first, len(sequence), fit)
-        found.append((fit, sequence, spare))
-    _, sequence, spare = max(found, key=lambda f: f[0])
+    """The pursuit from the first token whose short pursuit fits best: its sentence and its runners-up."""
+    firsts = first_tokens(terms, config.first_tokens)
+    short = replace(config, max_length=min(config.screen, config.max_length))
+    fits = [pursue_from(terms, first, short)[1] if len(firsts) > 1 else 0.0 for first in firsts]
+    first = firsts[max(range(len(firsts)), key=fits.__getitem__)]
+    logger.info("pursuit: first token %d, of %d whose %d-token pursuits fit at cosine %s", first, len(firsts),
+                short.max_length, " ".join(f"{f:.3f}" for f in fits))
+    sequence, _, spare = pursue_from(terms, first, config)
     return sequence, sorted(spare | set(sequence))
 
 
@@ -196,12 +197,15 @@ def _move(sequence: list[int], spare: Sequence[int], generator: torch.Generator)
 
 
 def reorder(terms: Terms, start: list[int], spare: Sequence[int], config: PursuitConfig, *,
-            generator: torch.Generator, on_round: Callable[[int, list[int], float], None] | None = None
+            generator: torch.Generator, on_round: Callable[[int, list[int], float, int], None] | None = None
             ) -> tuple[list[int], float]:
-    """The local search on the whole sentence's gradient distance, from ``start``."""
+    """The local search on the whole sentence's gradient distance, from ``start`` (``on_round(round, best,
+    distance, evaluations)`` sees ``start`` as round 0, then the best after each round)."""
     best, distance = list(start), terms.distances([start])[0]
+    if on_round is not None:
+        on_round(0, best, distance, terms.evaluations)
     idle = 0
-    for round_ in range(config.rounds):
+    for round_ in range(1, config.rounds + 1):
         if distance < CERTIFY_DISTANCE or idle >= config.patience:
             break
         moves = {tuple(best[:i] + [best[i + 1], best[i]] + best[i + 2:]): None for i in range(len(best) - 1)}
@@ -219,13 +223,13 @@ def reorder(terms: Terms, start: list[int], spare: Sequence[int], config: Pursui
         if found[i] < distance:
             best, distance = options[i], found[i]
         if on_round is not None:
-            on_round(round_, best, distance)
+            on_round(round_, best, distance, terms.evaluations)
     return best, distance
 
 
 def recover_one(model: nn.Module, gradients: Mapping[str, torch.Tensor], *, pad_id: int, generator: torch.Generator,
                 config: PursuitConfig | None = None,
-                on_round: Callable[[int, list[int], float], None] | None = None) -> PursuitGuess:
+                on_round: Callable[[int, list[int], float, int], None] | None = None) -> PursuitGuess:
     """One sentence from a batch-1 gradient of shared linear weights: pursuit, then the order search."""
     config = config or PursuitConfig()
     started = time.perf_counter()

@@ -107,18 +107,22 @@ def test_lora_shares_only_adapters_whose_span_shows_the_prefix_when_the_rank_exc
     from nlp_dlg.causal.model import add_lora
 
     spec = CausalSpec(architecture="gpt2", config={"n_embd": 128, "n_layer": 3, "n_head": 2})
-    recs = {}
+    recs, steps = {}, {8: [], 64: []}
     for rank in (8, 64):
         model = add_lora(load_causal_lm(spec, bpe), rank=rank, seed=0, architecture="gpt2")
         [(obs, _)] = capture_causal(model, bpe, REVIEWS[:1], model_info={})
         assert obs.gradients and all(".lora_" in n for n in obs.gradients)
         config = CausalAttackConfig(matching=MatchingConfig(distance="cosine", max_evaluations=2),
-                                    pursuit=PursuitConfig(labels=4, first_tokens=1, candidates=4, rounds=1))
-        recs[rank] = CausalLMAttack(model, bpe, config).attack(obs, generator=torch.Generator().manual_seed(0))[0]
+                                    pursuit=PursuitConfig(labels=4, first_tokens=2, screen=2, candidates=4,
+                                                           rounds=1))
+        recs[rank] = CausalLMAttack(model, bpe, config, callbacks=[steps[rank].append]).attack(
+            obs, generator=torch.Generator().manual_seed(0))[0]
     assert recs[64].method == "span" and REVIEWS[0].startswith(recs[64].reconstruction)
     assert recs[64].reconstruction == REVIEWS[0][:-2] and not recs[64].certified  # the last token is not shared
     assert recs[8].method == "pursuit" and "more inputs fed it than its 8 dimensions" in caplog.text
     assert recs[8].evaluations > 0 and 0 <= recs[8].distance < 2
+    assert [s.record.step for s in steps[8]] == [0, 1] and steps[8][-1].texts == (recs[8].reconstruction,)
+    assert steps[8][-1].record.distance == recs[8].distance and not steps[64]      # the order search's rounds
 
 
 def _lora_victim(bpe, text, rank=2):
