@@ -4,7 +4,7 @@ setting, which reports its own peak RSS), Hungarian pairing inside a batch. One 
 batch size, method) to `benchmarks/results/causal.jsonl`.
 
     .venv/bin/python benchmarks/bench_causal.py --architecture gpt2 --batch-sizes 1 8 [--batches 8 2] \
-        [--methods span dlg] [--max-evals 300] [--offset 0] [--lora-rank R] [--max-words 24]
+        [--methods span dlg] [--max-evals 300] [--offset 0] [--lora-rank R] [--max-words 24] [--rounds N]
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ from nlp_dlg.results import append_result
 HERE = Path(__file__).resolve().parent
 
 
-def attack(folder: str, method: str, max_evals: int) -> tuple[list[dict], float, float]:
+def attack(folder: str, method: str, max_evals: int, rounds: int | None = None) -> tuple[list[dict], float, float]:
     """In a fresh process: attack every file of ``folder``; the rows, the seconds and this process's peak RSS."""
-    from nlp_dlg.causal.config import CausalAttackConfig
+    from nlp_dlg.causal.config import CausalAttackConfig, PursuitConfig
     from nlp_dlg.causal.runner import CausalLMTask
     from nlp_dlg.cliutil import setup_logging
     from nlp_dlg.engine.config import MatchingConfig
     from nlp_dlg.pipeline import run_attack
 
     setup_logging(quiet=False)
-    config = CausalAttackConfig(method=method, log_every=10,
+    pursuit = PursuitConfig() if rounds is None else PursuitConfig(rounds=rounds)
+    config = CausalAttackConfig(method=method, log_every=10, pursuit=pursuit,
                                 matching=MatchingConfig(distance="cosine", max_evaluations=max_evals))
     started = time.perf_counter()
     run = run_attack(CausalLMTask(config), gradients=folder, out=Path(folder) / f"{method}.jsonl")
@@ -79,7 +80,7 @@ def run_setting(args: argparse.Namespace, batch_size: int, batches: int, work: P
                     *lora, "--out", str(folder)], check=True)
     for method in args.methods:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            rows, seconds, peak = pool.submit(attack, str(folder), method, args.max_evals).result()
+            rows, seconds, peak = pool.submit(attack, str(folder), method, args.max_evals, args.rounds).result()
         row = {"architecture": args.architecture, "lora_rank": args.lora_rank, "batch_size": batch_size,
                "batches": batches, "method": method,
                "sentences": len(sentences), "data": f"Rotten Tomatoes reviews {args.offset}-"
@@ -88,7 +89,7 @@ def run_setting(args: argparse.Namespace, batch_size: int, batches: int, work: P
                "attacks_run": sorted({r["method"] for r in rows}),    # span falls back to dlg where it cannot work
                **score(rows, sentences, batch_size), "certified": sum(bool(r.get("certified")) for r in rows),
                "seconds_per_batch": round(seconds / batches, 1), "peak_rss_gib": round(peak, 2),
-               "max_evals": args.max_evals}
+               "max_evals": args.max_evals, **({"pursuit_rounds": args.rounds} if args.rounds else {})}
         print(append_result(args.out, row), flush=True)
 
 
@@ -103,6 +104,7 @@ def main() -> None:
     ap.add_argument("--offset", type=int, default=0, help="first review used")
     ap.add_argument("--max-words", type=int, default=24, help="longest review used, in words")
     ap.add_argument("--lora-rank", type=int, default=None, help="the client fine-tunes LoRA adapters of this rank")
+    ap.add_argument("--rounds", type=int, default=None, help="the pursuit's order-search rounds (default: its own)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "causal.jsonl")
     args = ap.parse_args()
     batches = args.batches or [8 if b == 1 else 1 for b in args.batch_sizes]
