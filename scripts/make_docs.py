@@ -114,13 +114,15 @@ SECTIONS = (
              Col("certified", _frac("certified", "sentences")), Col("s/batch", "seconds_per_batch", ".1f"),
              Col("peak GiB", "peak_rss_gib", ".2f"))),
     Section("head_rows.jsonl", "Text: what a causal LM's head gradient shows of a batch too large for the span",
-            "an analysis with the truth at hand, not an attack (GPT-2 random init, tied head, held-out Rotten "
-            "Tomatoes reviews): label counts read as the head rows' projection on the mean final state, from the "
-            "batch's own states or from every token's position-0 state; how often the true next token's row is "
-            "the nearest to the true prefix's state; for labels that occur once, the cosine of the row (less the "
-            "softmax background) with the true state, and the norm of the tied input side beside the state's",
-            "python benchmarks/bench_head_rows.py --batch-size B",
-            (DATE, Col("batch", "batch_size"), Col("tokens", "tokens"), Col("labels", "distinct_labels"),
+            "an analysis with the truth at hand, not an attack (decoders at random init, GPT-2 with its tied head, "
+            "LLaMA with an untied one; held-out Rotten Tomatoes reviews): label counts read as the head rows' "
+            "projection on the mean final state, from the batch's own states or from every token's position-0 "
+            "state; how often the true next token's row is the nearest to the true prefix's state; for labels "
+            "that occur once, the cosine of the row (less the softmax background) with the true state, and the "
+            "norm of the tied input side beside the state's",
+            "python benchmarks/bench_head_rows.py --architecture A --batch-size B",
+            (DATE, Col("family", "architecture"), Col("tied head", "tied_head"), Col("batch", "batch_size"),
+             Col("tokens", "tokens"), Col("labels", "distinct_labels"),
              Col("once", "labels_once"), Col("counts exact (batch μ)", "counts_exact_batch_mean", ".3f"),
              Col("counts exact (vocab μ)", "counts_exact_vocab_mean", ".3f"),
              Col("next token nearest", "next_token_nearest_row", ".3f"),
