@@ -1,6 +1,7 @@
 """Every image, every time: the paper's algorithm as written beside the toolkit's defaults, on the same gradients.
 
-Images: faces 80.. of scikit-image's `lfw_subset` (32x32 RGB unless `--image-size`), labels (3 i + 1) mod 100,
+Images: faces 80.. of scikit-image's `lfw_subset` (grey, as 32x32 RGB unless `--image-size`), or with `--dataset
+skimage --first 0` its photos (6 of 8 in colour), labels (3 i + 1) mod 100,
 captured by `vision-dlg capture` in a subprocess for each LeNet seed. Each file is attacked here twice:
 
 * `paper`: DLG as published: one random start (pixels ~ N(0, 1), raw), soft labels learnt with the pixels, no
@@ -9,11 +10,12 @@ captured by `vision-dlg capture` in a subprocess for each LeNet seed. Each file 
   fallen by `stall_drop` at `stall_step` is abandoned for a fresh one; the decision uses the distance alone).
 
 The truth is used to score only: PSNR per logged step gives the gradient evaluations (all starts counted) to
-30 dB. One JSON line per (config, image size, batch size) to `benchmarks/results/vision_restarts.jsonl`, and
+30 dB; with the colour subsampled, `ceiling_psnr` is the best each image could come back at (99: grey, exact).
+One JSON line per (config, image size, batch size) to `benchmarks/results/vision_restarts.jsonl`, and
 a figure, truth over each config's images per seed, to `benchmarks/results/vision_restarts.png`.
 
     .venv/bin/python benchmarks/bench_vision_restarts.py [--seeds 0 1 2] [--images 8] [--batch-size 1]
-        [--tv W]
+        [--tv W] [--chroma N] [--dataset skimage --first 0]
 """
 
 from __future__ import annotations
@@ -32,16 +34,18 @@ from nlp_dlg.results import append_result
 
 HERE = Path(__file__).resolve().parent
 SUCCESS_DB = 30.0
+DATA = {"lfw-subset": "lfw_subset faces", "skimage": "scikit-image photos"}
 
 
-def configs(tv: float | None = None) -> dict:
+def configs(tv: float | None = None, chroma: int | None = None) -> dict:
     from nlp_dlg.engine import MatchingConfig
     from vision_dlg import ImageAttackConfig
 
     # every step logged: the evaluations to 30 dB are counted to the step
-    paper = ImageAttackConfig(label_method="dlg", box=False, init_std=1.0, tv=0.0, polish_steps=0, log_every=1,
-                              matching=MatchingConfig(distance="l2", steps=300, tolerance=1e-10, restarts=1))
-    return {"paper": paper, "toolkit": ImageAttackConfig(log_every=1, tv=tv)}
+    matching = MatchingConfig(distance="l2", steps=300, tolerance=1e-10, restarts=1)
+    paper = ImageAttackConfig(label_method="dlg", box=False, init_std=1.0, tv=0.0, polish_steps=0, chroma=1,
+                              log_every=1, matching=matching)
+    return {"paper": paper, "toolkit": ImageAttackConfig(log_every=1, tv=tv, chroma=chroma)}
 
 
 class Scorer:
@@ -64,6 +68,27 @@ class Scorer:
             self.first_success = self.done + evaluations
 
 
+def ceiling(truth: torch.Tensor, chroma: int) -> list[float] | None:
+    """Per image, the PSNR of the nearest image (least squares, in pixels) that colour subsampled ``chroma``-fold
+    can hold: what the attack could reach at best (infinite for a grey image); None at ``chroma`` 1."""
+    import torch.nn.functional as F
+
+    from vision_dlg import psnr
+    from vision_dlg.capacity import chroma_side
+    from vision_dlg.plugin import CHROMA_BASIS
+
+    if chroma == 1 or truth.shape[1] != 3:
+        return None
+    side = truth.shape[-1]
+    coarse = chroma_side(side, chroma)
+    basis = torch.eye(coarse * coarse).view(-1, 1, coarse, coarse)
+    up = F.interpolate(basis, size=(side, side), mode="bilinear", align_corners=False).flatten(1).T   # (S², s²)
+    colour = CHROMA_BASIS @ truth.flatten(2)                                      # (B, 2, S²)
+    fit = up @ torch.linalg.lstsq(up.expand(len(truth), -1, -1), colour.transpose(1, 2)).solution   # (B, S², 2)
+    nearest = truth.flatten(2) + CHROMA_BASIS.T @ (fit.transpose(1, 2) - colour)
+    return [round(min(psnr(x.view_as(t).clamp(0, 1), t), 99.0), 2) for x, t in zip(nearest, truth)]
+
+
 def attack_file(path: Path, config, truth: torch.Tensor, labels: list[int]) -> dict:
     from nlp_dlg.engine import load_observation
     from vision_dlg import ImageAttack, model_from_metadata, pair_images, psnr
@@ -79,13 +104,13 @@ def attack_file(path: Path, config, truth: torch.Tensor, labels: list[int]) -> d
     return {"psnr": [round(psnr(images[j], truth[i]), 2) for i, j in enumerate(order)],
             "labels_right": sum(recs[j].label == labels[i] for i, j in enumerate(order)),
             "evaluations_to_30db": scorer.first_success, "evaluations": recs[0].evaluations,
-            "abandoned_starts": recs[0].abandoned,
+            "abandoned_starts": recs[0].abandoned, "chroma": recs[0].chroma, "ceiling": ceiling(truth, recs[0].chroma),
             "seconds": round(seconds, 1), "images": images[order]}
 
 
 def capture(work: Path, seed: int, indices: list[int], labels: list[int], args: argparse.Namespace) -> list[Path]:
     out = work / f"seed{seed}"
-    subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", "capture", "--dataset", "lfw-subset", "--index",
+    subprocess.run([sys.executable, "-m", "vision_dlg.cli", "-q", "capture", "--dataset", args.dataset, "--index",
                     *map(str, indices), "--labels", ",".join(map(str, labels)), "--batch-size", str(args.batch_size),
                     "--image-size", str(args.image_size), "--seed", str(seed), "--out", str(out)], check=True)
     return sorted(out.glob("*.safetensors"))
@@ -95,16 +120,17 @@ def summary(name: str, config, runs: list[dict], args: argparse.Namespace) -> di
     psnrs = [p for r in runs for p in r["psnr"]]
     reached = [r["evaluations_to_30db"] for r in runs if r["evaluations_to_30db"] is not None]
     return {"config": name, "model": "lenet", "image_size": args.image_size, "batch_size": args.batch_size,
-            "seeds": args.seeds, "data": f"lfw_subset faces {args.first}-{args.first + args.images - 1}",
+            "seeds": args.seeds, "data": f"{DATA[args.dataset]} {args.first}-{args.first + args.images - 1}",
             "tv": config.tv, "restarts": config.matching.restarts, "stall_step": config.matching.stall_step,
             "stall_drop": config.matching.stall_drop, "label_method": config.label_method,
-            "polish_steps": config.polish_steps if args.batch_size > 1 else None,
+            "polish_steps": config.polish_steps if args.batch_size > 1 or runs[0]["chroma"] > 1 else None,
             "images": len(psnrs), "at_30db": sum(p >= SUCCESS_DB for p in psnrs),
             "labels_right": sum(r["labels_right"] for r in runs), "min_psnr": min(psnrs),
             "median_psnr": round(statistics.median(psnrs), 2),
             "median_evaluations_to_30db": statistics.median(reached) if reached else None,
             "median_evaluations": statistics.median(r["evaluations"] for r in runs),
-            "abandoned_starts": sum(r["abandoned_starts"] for r in runs),
+            "abandoned_starts": sum(r["abandoned_starts"] for r in runs), "chroma": runs[0]["chroma"],
+            "ceiling_psnr": None if runs[0]["ceiling"] is None else [c for r in runs for c in r["ceiling"]],
             "seconds_per_batch": round(sum(r["seconds"] for r in runs) / len(runs), 1),
             "torch_threads": torch.get_num_threads(), "psnr": psnrs}
 
@@ -135,11 +161,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="LeNet init seeds")
     ap.add_argument("--images", type=int, default=8)
-    ap.add_argument("--first", type=int, default=80, help="first lfw_subset index (default: 80)")
+    ap.add_argument("--dataset", choices=list(DATA), default="lfw-subset",
+                    help="grey faces, or scikit-image's photos (6 in colour; --first 0, at most 8 images)")
+    ap.add_argument("--first", type=int, default=80, help="first image's index (default: 80)")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--configs", nargs="+", default=["paper", "toolkit"], choices=["paper", "toolkit"])
     ap.add_argument("--tv", type=float, default=None, help="the toolkit's total-variation weight (default: its own)")
+    ap.add_argument("--chroma", type=int, default=None, help="the toolkit's colour subsampling (default: its own)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "vision_restarts.jsonl")
     ap.add_argument("--figure", type=Path, default=None, help="default: beside --out, .png")
     args = ap.parse_args()
@@ -147,8 +176,8 @@ def main() -> None:
 
     indices = list(range(args.first, args.first + args.images))
     labels = [(3 * i + 1) % 100 for i in range(args.images)]
-    truth = torch.stack([dataset_image("lfw-subset", i, size=args.image_size)[0] for i in indices])
-    chosen = {k: v for k, v in configs(args.tv).items() if k in args.configs}
+    truth = torch.stack([dataset_image(args.dataset, i, size=args.image_size)[0] for i in indices])
+    chosen = {k: v for k, v in configs(args.tv, args.chroma).items() if k in args.configs}
     runs: dict[str, list[dict]] = {k: [] for k in chosen}
     grids: dict[str, torch.Tensor] = {}
     scores: dict[str, list[float]] = {}

@@ -93,6 +93,11 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                    help="after a batch's matching with its added prior, this many more steps without it (at most "
                         "--steps), where the gradient can determine the batch; 0: none, as the paper (default: "
                         f"{ATTACK.polish_steps})")
+    a.add_argument("--chroma", type=positive_int, default=ATTACK.chroma, metavar="N",
+                   help="solve for a full-resolution grey level and two colour planes N times coarser, as JPEG "
+                        "stores a photo (a grey image loses nothing); 1: every pixel, as the paper (default: the "
+                        "finest N that leaves the batch well inside what its gradient can determine; 1 for one 32x32 "
+                        "image)")
     a.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="let L-BFGS see the raw distance even when it starts below 1 (by default such a distance is "
                         "divided by its first value: same minimiser, but torch's absolute thresholds no longer freeze "
@@ -180,7 +185,7 @@ def _task(args: argparse.Namespace, *, device: Any) -> Any:
     matching = dataclasses.replace(matching_config(args, ATTACK.matching), normalize=args.normalize)
     config = ImageAttackConfig(label_method=args.label_method, matching=matching, tv=args.tv, prior=args.prior,
                                clamp=args.clamp, box=BOX[args.box], init_std=args.init_std, log_every=args.log_every,
-                               polish_steps=args.polish_steps)
+                               polish_steps=args.polish_steps, chroma=args.chroma)
     images_dir = args.save_images or args.out.parent / (args.out.stem + "-images")
     return ImageTask(config, images_dir=images_dir, device=device)
 

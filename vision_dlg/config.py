@@ -95,6 +95,11 @@ class ImageAttackConfig:
         polish_steps: after a matching with an added prior, this many more steps without it (at most the
             matching's ``steps``), from where it ended (0: none), when the gradient can determine the batch
             (:mod:`vision_dlg.capacity`).
+        chroma: colour subsampling of 3-channel images: the attack solves for a full-resolution grey level and
+            two colour planes on a grid this many times coarser (1: every pixel, as the paper). None (default):
+            the finest subsampling that leaves the batch well inside what the gradient can determine
+            (:func:`vision_dlg.capacity.chroma_for`; LeNet at 32x32: 1 for one or two images, 2 for 3 or 4,
+            4 for 8).
     """
 
     label_method: str = "analytic"
@@ -108,6 +113,7 @@ class ImageAttackConfig:
     init_std: float | None = None
     log_every: int = 10
     polish_steps: int = POLISH_STEPS
+    chroma: int | None = None
 
     def __post_init__(self) -> None:
         if self.label_method not in LABEL_METHODS:
@@ -122,6 +128,11 @@ class ImageAttackConfig:
             raise ConfigError(f"log_every: expected a positive integer, got {self.log_every!r}")
         if not isinstance(self.polish_steps, int) or self.polish_steps < 0:
             raise ConfigError(f"polish_steps: expected a non-negative integer, got {self.polish_steps!r}")
+        if self.chroma is not None and (not isinstance(self.chroma, int) or isinstance(self.chroma, bool)
+                                        or self.chroma <= 0):
+            raise ConfigError(f"chroma: expected a positive integer, got {self.chroma!r}")
+        if self.clamp and self.chroma not in (None, 1):
+            raise ConfigError("clamp: projects pixels, and subsampled colour has none to project (chroma 1, or box)")
 
     def uses_box(self, batch_size: int, *, train: bool, undetermined: bool = False) -> bool:
         """Whether the pixels are boxed (the sigmoid of optimised logits) for this batch size and mode

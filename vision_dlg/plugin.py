@@ -19,8 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nlp_dlg.engine.device import model_device, randn
+from vision_dlg.capacity import chroma_side
 
 LABEL_PEAK = 5.0  # logit added to an estimated label when soft labels start from it
+# Two directions orthogonal to grey (1, 1, 1)/√3, orthonormal: the colour a subsampled chroma leaf adds
+CHROMA_BASIS = torch.tensor([[2 ** -0.5, -(2 ** -0.5), 0.0], [6 ** -0.5, 6 ** -0.5, -2 * 6 ** -0.5]])
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -51,12 +54,16 @@ class ImagePlugin:
         init_std: standard deviation of the initial dummy pixels or, with ``box``, pixel logits (1: DLG's
             standard normal).
         start: leaves to start from instead of a random draw (the polish after a prior, :class:`ImageAttack`).
+        chroma: for 3-channel images, the colour subsampling factor (1: every pixel free). Above 1 the leaves
+            are a full-resolution grey level (``images``, ``(B, 1, S, S)``) and two colour-difference planes
+            on a grid ``chroma`` times coarser (``chroma``, bilinearly upsampled), as JPEG stores a photo: a
+            grey image is exact, a batch has fewer unknowns than pixels.
     """
 
     def __init__(self, model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
                  *, labels: torch.Tensor | None = None, learn_labels: bool = False, tv: float = 0.0,
                  clamp: bool = False, box: bool = False, init_std: float = 1.0,
-                 start: Mapping[str, torch.Tensor] | None = None) -> None:
+                 start: Mapping[str, torch.Tensor] | None = None, chroma: int = 1) -> None:
         self.model = model
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
@@ -68,6 +75,7 @@ class ImagePlugin:
         self.box = box
         self.init_std = float(init_std)
         self.start = dict(start) if start is not None else None
+        self.chroma = int(chroma) if self.image_shape[0] == 3 else 1
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.device = model_device(model)
         if self.labels is not None:
@@ -76,7 +84,7 @@ class ImagePlugin:
     def variant(self, **changes: Any) -> ImagePlugin:
         """This plugin with some of its options changed (``tv``, ``start``, ...)."""
         options = {"labels": self.labels, "learn_labels": self.learn_labels, "tv": self.tv, "clamp": self.clamp,
-                   "box": self.box, "init_std": self.init_std, "start": self.start}
+                   "box": self.box, "init_std": self.init_std, "start": self.start, "chroma": self.chroma}
         return ImagePlugin(self.model, self.batch_size, self.image_shape, self.num_classes, **{**options, **changes})
 
     def matched_parameters(self) -> Mapping[str, torch.Tensor]:
@@ -86,8 +94,16 @@ class ImagePlugin:
         if self.start is not None:
             return {n: t.detach().clone() for n, t in self.start.items()}
         # drawn on the CPU and moved: one seed gives the same start on every device
-        leaves = {"images": self.init_std * randn(self.batch_size, *self.image_shape, generator=generator,
-                                                  device=self.device)}
+        channels, side, _ = self.image_shape
+        if self.chroma == 1:
+            leaves = {"images": self.init_std * randn(self.batch_size, *self.image_shape, generator=generator,
+                                                      device=self.device)}
+        else:
+            coarse = chroma_side(side, self.chroma)
+            leaves = {"images": self.init_std * randn(self.batch_size, 1, side, side, generator=generator,
+                                                      device=self.device),
+                      "chroma": self.init_std * randn(self.batch_size, 2, coarse, coarse, generator=generator,
+                                                      device=self.device)}
         if self.learn_labels:
             logits = randn(self.batch_size, self.num_classes, generator=generator, device=self.device)
             if self.labels is not None:
@@ -95,9 +111,18 @@ class ImagePlugin:
             leaves["labels"] = logits
         return leaves
 
+    def planes(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The optimised planes at full resolution ``(B, C, S, S)``: pixels, or with ``box`` their logits."""
+        if self.chroma == 1:
+            return leaves["images"]
+        colour = F.interpolate(leaves["chroma"], size=self.image_shape[1:], mode="bilinear", align_corners=False)
+        rgb = CHROMA_BASIS.to(colour).T @ colour.flatten(2)                         # (B, 3, S·S)
+        return leaves["images"] + rgb.view(-1, *self.image_shape)
+
     def images(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The dummy images ``(B, C, S, S)`` the leaves stand for."""
-        return torch.sigmoid(leaves["images"]) if self.box else leaves["images"]
+        planes = self.planes(leaves)
+        return torch.sigmoid(planes) if self.box else planes
 
     def task_loss(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         logits = self.model(self.images(leaves))                                    # (B, K)
@@ -107,7 +132,7 @@ class ImagePlugin:
         return -(soft * logits.log_softmax(-1)).sum(-1).mean()
 
     def project(self, leaves: Mapping[str, torch.Tensor]) -> None:
-        if self.clamp and not self.box:
+        if self.clamp and not self.box and self.chroma == 1:
             leaves["images"].clamp_(0, 1)
 
     def regularizer(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -115,7 +140,7 @@ class ImagePlugin:
             return torch.zeros((), device=self.device)
         # on the optimised leaves: the pixels, or with ``box`` their logits (smoothing the logits is the
         # stronger prior; measured on LeNet batch 4: 29 dB, against 20 dB with TV on the sigmoid pixels)
-        return self.tv * total_variation(leaves["images"])
+        return self.tv * total_variation(self.planes(leaves))
 
     def decode(self, leaves: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (B, C, S, S) clipped to [0, 1], labels (B,))``."""

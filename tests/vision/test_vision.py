@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import vision_dlg.attack as attack_module
 from nlp_dlg.engine import MatchingConfig, load_observation, save_observation
 from nlp_dlg.engine.errors import ConfigError, InputDataError, ModelMismatchError
 from vision_dlg import (
@@ -267,6 +268,47 @@ def test_the_gradient_capacity_bounds_the_images_a_lenet_gradient_can_determine(
     assert not gradient_capacity(big, (3, 64, 64), 1).determined
 
 
+def test_subsampled_colour_leaves_few_enough_unknowns_for_the_gradient_to_determine_the_batch(caplog):
+    from vision_dlg.capacity import chroma_for, gradient_capacity, image_unknowns, warn_if_undetermined
+
+    model = build_model(VisionModelSpec("lenet", image_size=32))
+    assert image_unknowns((3, 32, 32)) == 3072 and image_unknowns((3, 32, 32), 2) == 1024 + 2 * 16 * 16
+    assert image_unknowns((3, 32, 32), 3) == 1024 + 2 * 11 * 11 and image_unknowns((1, 32, 32), 4) == 1024
+    # bounds 8,904 to 14,280; batch 3 (9,216 pixels, bound 9,672) and 2-fold at 8 (12,288) are determined, but
+    # without the headroom
+    assert [chroma_for(model, (3, 32, 32), b) for b in (1, 2, 3, 4, 8)] == [1, 1, 2, 2, 4]
+    assert gradient_capacity(model, (3, 32, 32), 3).determined
+    assert gradient_capacity(model, (3, 32, 32), 8, chroma=2).determined
+    cap = gradient_capacity(model, (3, 32, 32), 4, chroma=2)
+    assert (cap.pixels, cap.unknowns, cap.determined) == (12288, 6144, True)
+    assert chroma_for(model, (3, 32, 32), 64) == 32 and chroma_for(model, (1, 32, 32), 8) == 1  # none suffices
+    with caplog.at_level("WARNING", logger="vision_dlg.capacity"):
+        assert not warn_if_undetermined(model, (3, 32, 32), 64, chroma=32).determined
+    assert "colour subsampled 32-fold" in caplog.text and "still too many" in caplog.text
+    assert chroma_for(build_model(VisionModelSpec("lenet", image_size=64)), (3, 64, 64), 1) == 2
+
+
+def test_the_subsampled_colour_plugin_holds_a_grey_level_and_coarse_colour_and_represents_grey_exactly():
+    from vision_dlg.plugin import ImagePlugin
+
+    model = build_model(SMALL)
+    plugin = ImagePlugin(model, 2, (3, 16, 16), 10, labels=torch.tensor([1, 2]), box=True, chroma=4)
+    leaves = plugin.init_leaves(torch.Generator().manual_seed(0))
+    assert {n: tuple(t.shape) for n, t in leaves.items()} == {"images": (2, 1, 16, 16), "chroma": (2, 2, 4, 4)}
+    images = plugin.images(leaves)
+    assert images.shape == (2, 3, 16, 16) and 0 < images.min() and images.max() < 1
+    assert not torch.allclose(images[:, 0], images[:, 1])                    # the colour planes add colour
+    leaves["chroma"].zero_()
+    grey = plugin.images(leaves)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.allclose(grey[:, 1], grey[:, 2])
+    assert torch.allclose(grey[:, 0], torch.sigmoid(leaves["images"][:, 0]))
+    assert ImagePlugin(model, 2, (1, 16, 16), 10, chroma=4).chroma == 1       # one channel: nothing to subsample
+    with pytest.raises(ConfigError, match="chroma"):
+        ImageAttackConfig(chroma=0)
+    with pytest.raises(ConfigError, match="clamp"):
+        ImageAttackConfig(clamp=True, chroma=2)
+
+
 def test_one_image_the_gradient_cannot_determine_gets_boxed_pixels_and_the_prior():
     from vision_dlg.config import SCALED_TV, SINGLE_TV
 
@@ -285,7 +327,8 @@ def test_one_image_the_gradient_cannot_determine_gets_boxed_pixels_and_the_prior
     assert (rec.tv, rec.prior) == (SINGLE_TV, "add")
 
 
-def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_one_keeps_the_priors_choice(caplog):
+def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_one_keeps_the_priors_choice(caplog,
+                                                                                                    monkeypatch):
     images = torch.stack([skimage_photo("coffee", size=16), skimage_photo("astronaut", size=16)])
     model, [(obs, _)] = _capture(images, [2, 5])
     config = ImageAttackConfig(matching=MatchingConfig(steps=30, tolerance=1e-12), polish_steps=20)
@@ -305,7 +348,22 @@ def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_on
     big = VisionModelSpec(num_classes=10, image_size=48, seed=1)              # 2 x 6,912 pixels > 11,592
     model, [(obs, _)] = _capture(torch.stack([skimage_photo("coffee", size=48)] * 2), [2, 5], spec=big)
     with caplog.at_level("INFO", logger="vision_dlg"):
-        ImageAttack(model, replace(config, matching=MatchingConfig(steps=1))).attack(
+        [rec, _] = ImageAttack(model, replace(config, matching=MatchingConfig(steps=1), chroma=1)).attack(
             obs, generator=torch.Generator().manual_seed(0))
     assert "cannot determine the images" in caplog.text and "no polish without the prior" in caplog.text
+    assert rec.chroma == 1
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vision_dlg"):                      # by default the colour is subsampled
+        [rec, _] = ImageAttack(model, replace(config, matching=MatchingConfig(steps=1), polish_steps=1)).attack(
+            obs, generator=torch.Generator().manual_seed(0))
+    assert "colour subsampled 2-fold, 6912 unknowns (determined)" in caplog.text      # 2 x (48² + 2 x 24²)
+    assert "polishing without the prior: 1 more steps" in caplog.text and rec.chroma == 2
+    assert "the polish with colour subsampled 2-fold fell only" in caplog.text        # one step falls little
+    assert "with every pixel free" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(attack_module, "COLOUR_FIT_DROP", 1e-9)                     # any fall holds the colour
+    with caplog.at_level("INFO", logger="vision_dlg"):
+        ImageAttack(model, replace(config, matching=MatchingConfig(steps=1), polish_steps=1)).attack(
+            obs, generator=torch.Generator().manual_seed(0))
+    assert "polishing without the prior" in caplog.text and "every pixel free" not in caplog.text
 
