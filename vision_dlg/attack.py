@@ -188,7 +188,7 @@ class ImageAttack:
         labels, exact = None, False
         check_batch_claim(gradients, self.model, batch_size)
         undetermined = not gradient_capacity(self.model, image_shape, batch_size).determined
-        chroma = self.config.chroma or chroma_for(self.model, image_shape, batch_size)
+        chroma = self.config.chroma or (1 if self.config.clamp else chroma_for(self.model, image_shape, batch_size))
         warn_if_undetermined(self.model, image_shape, batch_size, chroma=chroma)
         if self.config.label_method == "analytic":
             labels = infer_labels(gradients, self.model, batch_size)

@@ -99,7 +99,7 @@ class ImageAttackConfig:
             two colour planes on a grid this many times coarser (1: every pixel, as the paper). None (default):
             the finest subsampling that leaves the batch well inside what the gradient can determine
             (:func:`vision_dlg.capacity.chroma_for`; LeNet at 32x32: 1 for one or two images, 2 for 3 or 4,
-            4 for 8).
+            4 for 8); 1 with ``clamp``, which projects pixels.
     """
 
     label_method: str = "analytic"

@@ -366,4 +366,7 @@ def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_on
         ImageAttack(model, replace(config, matching=MatchingConfig(steps=1), polish_steps=1)).attack(
             obs, generator=torch.Generator().manual_seed(0))
     assert "polishing without the prior" in caplog.text and "every pixel free" not in caplog.text
+    [rec, _] = ImageAttack(model, ImageAttackConfig(matching=MatchingConfig(steps=1), clamp=True)).attack(
+        obs, generator=torch.Generator().manual_seed(0))
+    assert rec.chroma == 1                                                 # clamping projects pixels: every one free
 
