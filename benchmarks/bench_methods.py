@@ -6,7 +6,7 @@ every gradient file in a fresh subprocess (so its peak resident memory is its ow
 reconstructions against the sentences (Hungarian pairing inside a batch).
 
     .venv/bin/python benchmarks/bench_methods.py [--batch-sizes 1 8] [--methods span dlg naive]
-        [--models random minilm] [--max-evals 600] [--reviews 32 --max-words 14] [--workers 2]
+        [--models random minilm] [--max-evals 600] [--reviews 32 --max-words 14] [--workers 2] [--verbose]
 
 ``--reviews N`` attacks N held-out Rotten Tomatoes reviews (``benchmarks/realtext.py``, ``make realtext``) of
 8 to ``--max-words`` words instead of the sentences file: the public-domain file has 16 sentences, too few for a
@@ -47,7 +47,8 @@ def attack_one(args: argparse.Namespace) -> None:
     from nlp_dlg.text.runner import score_rows
     from nlp_dlg.workers import threads_per_worker
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(message)s" if args.verbose else "%(message)s")
     sentences = [s for s in args.sentences.read_text().splitlines() if s.strip()]
     naive = args.method == "naive"
     config = TextAttackConfig(method="dlg" if naive else args.method, use_priors=not naive,
@@ -103,6 +104,8 @@ def main() -> None:
     ap.add_argument("--reviews", type=int, default=None, help="N real reviews instead of --sentences (realtext.py)")
     ap.add_argument("--max-words", type=int, default=14, help="longest review kept with --reviews (default: 14)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "methods.jsonl")
+    ap.add_argument("--verbose", action="store_true", help="the attack's progress (log lines with times) on stderr: "
+                    "a long run shows each sentence it certifies and peels")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--gradients", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
@@ -137,7 +140,7 @@ def main() -> None:
                     done = subprocess.run([sys.executable, __file__, "--one", "--gradients", tmp, "--method", method,
                                            "--batch-size", str(bs), "--sentences", str(args.sentences),
                                            "--max-evals", str(args.max_evals), "--workers", str(args.workers),
-                                           *model_args],
+                                           *model_args, *(["--verbose"] if args.verbose else [])],
                                           check=True, stdout=subprocess.PIPE, text=True)
                     row = {"model": model, "batch_size": bs, "method": method, "max_evals": args.max_evals,
                            "data": (f"{args.reviews} rotten tomatoes reviews of 8-{args.max_words} words"
