@@ -163,9 +163,7 @@ class ImageAttack:
         options = [plugin.variant(tv=0.0, start=found.leaves)]
         runs = [self._match(options[0], config, gradients, generator)]
         if plugin.chroma > 1 and runs[0].distance > found.distance / COLOUR_FIT_DROP:
-            pixels = {**{n: t for n, t in found.leaves.items() if n not in ("images", "chroma")},
-                      "images": plugin.planes(found.leaves).detach()}
-            options.append(plugin.variant(tv=0.0, chroma=1, start=pixels))
+            options.append(plugin.with_every_pixel(found.leaves, tv=0.0))
             runs.append(self._match(options[1], config, gradients, generator))
             logger.info("the polish with colour subsampled %d-fold fell only %.3gx (to %.4g): with every pixel free, "
                         "%.4g; kept %s", plugin.chroma, found.distance / runs[0].distance, runs[0].distance,

@@ -41,9 +41,14 @@ class Capacity:
     unknowns: int | None = None     # numbers the attack solves for, where fewer than the pixels (None: the pixels)
 
     @property
+    def solved_for(self) -> int:
+        """The numbers the attack solves for: the unknowns where set, else the pixels."""
+        return self.pixels if self.unknowns is None else self.unknowns
+
+    @property
     def determined(self) -> bool:
         """Whether the gradient can pin every unknown down (necessary, not sufficient)."""
-        return (self.pixels if self.unknowns is None else self.unknowns) <= self.bound
+        return self.solved_for <= self.bound
 
 
 def chroma_side(side: int, chroma: int) -> int:
@@ -84,7 +89,7 @@ def chroma_for(model: nn.Module, image_shape: tuple[int, int, int], batch_size: 
     factor = 1
     while factor < side:
         cap = gradient_capacity(model, image_shape, batch_size, chroma=factor)
-        if (cap.pixels if cap.unknowns is None else cap.unknowns) <= HEADROOM * cap.bound:
+        if cap.solved_for <= HEADROOM * cap.bound:
             break
         factor *= 2
     return min(factor, side)

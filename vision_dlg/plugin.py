@@ -119,6 +119,12 @@ class ImagePlugin:
         rgb = CHROMA_BASIS.to(colour).T @ colour.flatten(2)                         # (B, 3, S·S)
         return leaves["images"] + rgb.view(-1, *self.image_shape)
 
+    def with_every_pixel(self, leaves: Mapping[str, torch.Tensor], **changes: Any) -> ImagePlugin:
+        """This plugin at chroma 1, starting from the full-resolution planes ``leaves`` stand for (labels kept)."""
+        start = {**{n: t for n, t in leaves.items() if n not in ("images", "chroma")},
+                 "images": self.planes(leaves).detach()}
+        return self.variant(chroma=1, start=start, **changes)
+
     def images(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The dummy images ``(B, C, S, S)`` the leaves stand for."""
         planes = self.planes(leaves)
