@@ -432,7 +432,7 @@ def _classify_line(batch: int) -> list[str] | None:
 
 
 def headline_md() -> str:
-    lines = [_method_line("random", "BERT-base random init", b) for b in (1, 8, 32)]
+    lines = [_method_line("random", "BERT-base random init", b) for b in (1, 8, 16, 32)]
     lines += [_method_line("minilm", "pretrained MiniLM", b, reviews=True) for b in (4, 8, 16)]
     lines += [_causal_line("gpt2", "GPT-2 random init", 8)]
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
