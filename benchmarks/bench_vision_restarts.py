@@ -10,7 +10,8 @@ captured by `vision-dlg capture` in a subprocess for each LeNet seed. Each file 
   fallen by `stall_drop` at `stall_step` is abandoned for a fresh one; the decision uses the distance alone).
 
 The truth is used to score only: PSNR per logged step gives the gradient evaluations (all starts counted) to
-30 dB; with the colour subsampled, `ceiling_psnr` is the best each image could come back at (99: grey, exact).
+30 dB; with the colour subsampled, `ceiling_psnr` is the best each image could come back at (99: grey, exact), in
+the colour the attack kept (`colour_terms`: per batch, the DCT terms per plane of a finer-colour polish, or 0).
 One JSON line per (config, image size, batch size) to `benchmarks/results/vision_restarts.jsonl`, and
 a figure, truth over each config's images per seed, to `benchmarks/results/vision_restarts.png`.
 
@@ -68,21 +69,25 @@ class Scorer:
             self.first_success = self.done + evaluations
 
 
-def ceiling(truth: torch.Tensor, chroma: int) -> list[float] | None:
-    """Per image, the PSNR of the nearest image (least squares, in pixels) that colour subsampled ``chroma``-fold
-    can hold: what the attack could reach at best (infinite for a grey image); None at ``chroma`` 1."""
+def ceiling(truth: torch.Tensor, chroma: int, terms: int = 0) -> list[float] | None:
+    """Per image, the PSNR of the nearest image (least squares, in pixels) that colour subsampled ``chroma``-fold,
+    or in ``terms`` DCT terms per plane, can hold: what the attack could reach at best (99 for a grey image); None
+    at ``chroma`` 1 without terms."""
     import torch.nn.functional as F
 
     from vision_dlg import psnr
     from vision_dlg.capacity import chroma_side
-    from vision_dlg.plugin import CHROMA_BASIS
+    from vision_dlg.plugin import CHROMA_BASIS, dct_basis
 
-    if chroma == 1 or truth.shape[1] != 3:
+    if (chroma == 1 and not terms) or truth.shape[1] != 3:
         return None
     side = truth.shape[-1]
-    coarse = chroma_side(side, chroma)
-    basis = torch.eye(coarse * coarse).view(-1, 1, coarse, coarse)
-    up = F.interpolate(basis, size=(side, side), mode="bilinear", align_corners=False).flatten(1).T   # (S², s²)
+    if terms:
+        up = dct_basis(side, terms)                                                   # (S², terms)
+    else:
+        coarse = chroma_side(side, chroma)
+        basis = torch.eye(coarse * coarse).view(-1, 1, coarse, coarse)
+        up = F.interpolate(basis, size=(side, side), mode="bilinear", align_corners=False).flatten(1).T  # (S², s²)
     colour = CHROMA_BASIS @ truth.flatten(2)                                      # (B, 2, S²)
     fit = up @ torch.linalg.lstsq(up.expand(len(truth), -1, -1), colour.transpose(1, 2)).solution   # (B, S², 2)
     nearest = truth.flatten(2) + CHROMA_BASIS.T @ (fit.transpose(1, 2) - colour)
@@ -104,7 +109,8 @@ def attack_file(path: Path, config, truth: torch.Tensor, labels: list[int]) -> d
     return {"psnr": [round(psnr(images[j], truth[i]), 2) for i, j in enumerate(order)],
             "labels_right": sum(recs[j].label == labels[i] for i, j in enumerate(order)),
             "evaluations_to_30db": scorer.first_success, "evaluations": recs[0].evaluations,
-            "abandoned_starts": recs[0].abandoned, "chroma": recs[0].chroma, "ceiling": ceiling(truth, recs[0].chroma),
+            "abandoned_starts": recs[0].abandoned, "chroma": recs[0].chroma, "colour_terms": recs[0].colour_terms,
+            "ceiling": ceiling(truth, recs[0].chroma, recs[0].colour_terms),
             "seconds": round(seconds, 1), "images": images[order]}
 
 
@@ -130,6 +136,7 @@ def summary(name: str, config, runs: list[dict], args: argparse.Namespace) -> di
             "median_evaluations_to_30db": statistics.median(reached) if reached else None,
             "median_evaluations": statistics.median(r["evaluations"] for r in runs),
             "abandoned_starts": sum(r["abandoned_starts"] for r in runs), "chroma": runs[0]["chroma"],
+            "colour_terms": [r["colour_terms"] for r in runs],
             "ceiling_psnr": None if runs[0]["ceiling"] is None else [c for r in runs for c in r["ceiling"]],
             "seconds_per_batch": round(sum(r["seconds"] for r in runs) / len(runs), 1),
             "torch_threads": torch.get_num_threads(), "psnr": psnrs}

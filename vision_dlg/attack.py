@@ -32,7 +32,7 @@ from nlp_dlg.engine.device import model_device
 from nlp_dlg.engine.errors import ConfigError, GradientMismatchError
 from nlp_dlg.engine.matcher import GradientMatcher, MatchingResult, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
-from vision_dlg.capacity import chroma_for, gradient_capacity, warn_if_undetermined
+from vision_dlg.capacity import chroma_for, chroma_side, colour_terms_for, gradient_capacity, warn_if_undetermined
 from vision_dlg.config import (
     BATCH_TV,
     BOXED_INIT_STD,
@@ -88,13 +88,14 @@ class ImageReconstruction:
     prior: str = "add"      # and how it entered the objective
     abandoned: int = 0      # starts abandoned as stalled (their evaluations are counted in ``evaluations``)
     chroma: int = 1         # colour subsampling the attack searched under (1: every pixel)
+    colour_terms: int = 0   # DCT terms per colour plane of the kept polish (0: none, :meth:`ImageAttack._polish`)
 
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.batch, "index": self.index, "label": self.label, "distance": self.distance,
                 "steps": self.steps, "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "label_method": self.label_method,
                 "interrupted": self.interrupted, "tv": self.tv, "prior": self.prior, "abandoned_starts": self.abandoned,
-                "chroma": self.chroma}
+                "chroma": self.chroma, "colour_terms": self.colour_terms}
 
 
 class ImageAttack:
@@ -143,36 +144,66 @@ class ImageAttack:
         images, labs = images.cpu(), labs.cpu()
         return [ImageReconstruction(batch, i, images[i], int(labs[i]), result.distance, result.steps,
                                     result.total_evaluations, result.seconds, self.config.label_method,
-                                    result.interrupted, tv, form, result.abandoned, chroma)
+                                    result.interrupted, tv, form, result.abandoned, chroma, plugin.colour_terms)
                 for i in range(batch_size)]
 
     def _polish(self, plugin: ImagePlugin, found: MatchingResult, gradients: Mapping[str, torch.Tensor],
                 generator: torch.Generator) -> tuple[ImagePlugin, MatchingResult]:
         """``polish_steps`` more steps (at most the matching's) without the prior from where it ended, where the
         gradient can determine the batch (else the prior's choice is kept: the gradient alone would drift among
-        equals). With subsampled colour, a polish that does not fall ``COLOUR_FIT_DROP`` times below the prior
-        stage's distance leaves a residual the subsampled planes cannot hold (a photo's fine colour, which their
-        polish chases away from the image): then every pixel is freed from the same point and the nearer of the
-        two to the observed gradient is kept."""
+        equals). A polish of subsampled colour that does not fall ``COLOUR_FIT_DROP`` times below the prior stage
+        leaves a residual the grid cannot hold (a photo's fine colour): the colour then goes to DCT terms
+        (:meth:`_finer_colour`), and where that too falls short every pixel is freed; the nearest is kept."""
         if not gradient_capacity(self.model, plugin.image_shape, plugin.batch_size, chroma=plugin.chroma).determined:
             logger.info("no polish without the prior: the gradient cannot determine this batch")
             return plugin, found
         steps = min(self.config.polish_steps, self.config.matching.steps)
         logger.info("polishing without the prior: %d more steps from distance %.4g", steps, found.distance)
         config = replace(self.config.matching, steps=steps, restarts=1, stall_step=None)
-        options = [plugin.variant(tv=0.0, start=found.leaves)]
+        start, options = found, [plugin.variant(tv=0.0, start=found.leaves)]
         runs = [self._match(options[0], config, gradients, generator)]
+        spent, before = list(runs), [0]                   # every run; the steps before each option's polish
         if plugin.chroma > 1 and runs[0].distance > found.distance / COLOUR_FIT_DROP:
-            options.append(plugin.with_every_pixel(found.leaves, tv=0.0))
-            runs.append(self._match(options[1], config, gradients, generator))
-            logger.info("the polish with colour subsampled %d-fold fell only %.3gx (to %.4g): with every pixel free, "
-                        "%.4g; kept %s", plugin.chroma, found.distance / runs[0].distance, runs[0].distance,
-                        runs[1].distance, ("the subsampled", "every pixel")[runs[1].distance < runs[0].distance])
+            logger.info("the polish with colour subsampled %d-fold fell only %.3gx (to %.4g)", plugin.chroma,
+                        found.distance / runs[0].distance, runs[0].distance)
+            finer = self._finer_colour(plugin, found, config, gradients, generator)
+            if finer is not None:
+                options, start = [*options, finer[0].variant(tv=0.0, start=finer[1].leaves)], finer[1]
+                runs, spent, before = [*runs, finer[2]], [*spent, *finer[1:]], [*before, start.steps]
+            if runs[-1].distance > start.distance / COLOUR_FIT_DROP:
+                options.append(options[-1].with_every_pixel(start.leaves, tv=0.0))
+                runs.append(self._match(options[-1], config, gradients, generator))
+                spent.append(runs[-1])
+                before.append(before[-1])
+                logger.info("with every pixel free: %.4g", runs[-1].distance)
         best = min(range(len(runs)), key=lambda i: runs[i].distance)
-        return options[best], replace(runs[best], steps=found.steps + runs[best].steps, abandoned=found.abandoned,
+        if len(runs) > 1:
+            logger.info("kept %s (distance %.4g)", _colour_name(options[best]), runs[best].distance)
+        return options[best], replace(runs[best], steps=found.steps + before[best] + runs[best].steps,
+                                      abandoned=found.abandoned,
                                       total_evaluations=found.total_evaluations
-                                      + sum(r.total_evaluations for r in runs),
-                                      seconds=found.seconds + sum(r.seconds for r in runs))
+                                      + sum(r.total_evaluations for r in spent),
+                                      seconds=found.seconds + sum(r.seconds for r in spent))
+
+    def _finer_colour(self, plugin: ImagePlugin, found: MatchingResult, config: Any,
+                      gradients: Mapping[str, torch.Tensor], generator: torch.Generator
+                      ) -> tuple[ImagePlugin, MatchingResult, MatchingResult] | None:
+        """The colour in the most DCT terms per plane the gradient's bound admits (:func:`colour_terms_for`), from
+        the grid's planes: the prior stage again for ``config``'s steps, then its polish without the prior. None
+        where the terms would hold no more than the grid."""
+        terms = colour_terms_for(self.model, plugin.image_shape, plugin.batch_size)
+        side = chroma_side(plugin.image_shape[1], plugin.chroma)
+        if terms <= side * side:
+            return None
+        fine = plugin.with_colour_terms(found.leaves, terms)
+        logger.info("the colour in %d DCT terms per plane (%d unknowns) instead: %d steps with the prior, then "
+                    "without", terms, gradient_capacity(self.model, plugin.image_shape, plugin.batch_size,
+                                                        terms=terms).solved_for, config.steps)
+        refit = self._match(fine, config, gradients, generator)
+        polished = self._match(fine.variant(tv=0.0, start=refit.leaves), config, gradients, generator)
+        logger.info("the polish with %d DCT terms fell %.3gx (to %.4g)", terms, refit.distance / polished.distance,
+                    polished.distance)
+        return fine, refit, polished
 
     def _match(self, plugin: ImagePlugin, config: Any, gradients: Mapping[str, torch.Tensor],
                generator: torch.Generator) -> MatchingResult:
@@ -215,6 +246,13 @@ class ImageAttack:
             event = ImageStep(record, images.cpu(), labs.cpu())
             return any([bool(cb(event)) for cb in self.callbacks])
         return on_step
+
+
+def _colour_name(plugin: ImagePlugin) -> str:
+    """How ``plugin`` holds the colour, for the log."""
+    if plugin.colour_terms:
+        return f"the colour in {plugin.colour_terms} DCT terms"
+    return f"the colour subsampled {plugin.chroma}-fold" if plugin.chroma > 1 else "every pixel"
 
 
 def _shape_and_classes(model_meta: Mapping[str, Any], image_shape: tuple[int, int, int] | None,

@@ -12,7 +12,9 @@ a bound of 11,208, and its images come back blurred near 29 dB (benchmarks/resul
 
 Fewer unknowns than pixels: a colour image stored as JPEG stores it, a full-resolution grey level and two
 colour-difference planes on a coarser grid (:func:`chroma_for` picks the finest grid the bound admits; the image
-plugin's ``chroma``). A grey image loses nothing there; a colour photo loses its finest colour detail.
+plugin's ``chroma``). A grey image loses nothing there; a colour photo loses its finest colour detail. Where that
+detail matters (the attack's polish tells from the distance alone), :func:`colour_terms_for` gives the finer
+alternative: each colour plane as its lowest-frequency 2-D DCT terms, as many as the headroom admits.
 """
 
 from __future__ import annotations
@@ -56,26 +58,28 @@ def chroma_side(side: int, chroma: int) -> int:
     return -(-side // chroma)
 
 
-def image_unknowns(image_shape: tuple[int, int, int], chroma: int = 1) -> int:
-    """Numbers per image with the colour subsampled ``chroma``-fold: ``S·S + 2·⌈S/chroma⌉²`` for 3 channels,
-    else (or at ``chroma`` 1) every pixel."""
+def image_unknowns(image_shape: tuple[int, int, int], chroma: int = 1, terms: int = 0) -> int:
+    """Numbers per image with the colour subsampled ``chroma``-fold, ``S·S + 2·⌈S/chroma⌉²`` for 3 channels, or
+    held in ``terms`` DCT terms per plane, ``S·S + 2·terms``; else (or at ``chroma`` 1) every pixel."""
     channels, height, width = image_shape
+    if channels == 3 and terms:
+        return height * width + 2 * terms
     if channels != 3 or chroma == 1:
         return channels * height * width
     return height * width + 2 * chroma_side(height, chroma) * chroma_side(width, chroma)
 
 
 def gradient_capacity(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int,
-                      *, chroma: int = 1) -> Capacity:
+                      *, chroma: int = 1, terms: int = 0) -> Capacity:
     """The batch's pixel count, the bound ``min(P, B·F + P_rest)`` on the gradient's degrees of freedom, and with
-    the colour subsampled ``chroma``-fold the numbers the attack solves for."""
+    the colour subsampled ``chroma``-fold (or in ``terms`` DCT terms per plane) the numbers the attack solves for."""
     name, layer = last_linear(model)
     head = {f"{name}.weight", f"{name}.bias"}
     params = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     rest = sum(k for n, k in params.items() if n not in head)
     channels, height, width = image_shape
     bound = min(sum(params.values()), batch_size * layer.in_features + rest)
-    unknowns = batch_size * image_unknowns(image_shape, chroma) if chroma != 1 else None
+    unknowns = batch_size * image_unknowns(image_shape, chroma, terms) if chroma != 1 or terms else None
     return Capacity(batch_size * channels * height * width, bound, unknowns)
 
 
@@ -93,6 +97,18 @@ def chroma_for(model: nn.Module, image_shape: tuple[int, int, int], batch_size: 
             break
         factor *= 2
     return min(factor, side)
+
+
+def colour_terms_for(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int) -> int:
+    """The most DCT terms per colour plane that leave a batch of 3-channel images at most ``HEADROOM`` of the
+    gradient's bound in unknowns (at most every pixel's; 0 for other channel counts or where not even a grey
+    level fits). LeNet at 32x32: 538 for a batch of 4, 157 for 8."""
+    channels, height, width = image_shape
+    if channels != 3:
+        return 0
+    cap = gradient_capacity(model, image_shape, batch_size)
+    per_image = int(HEADROOM * cap.bound) // batch_size - height * width
+    return max(0, min(per_image // 2, height * width))
 
 
 def warn_if_undetermined(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int,

@@ -33,6 +33,18 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def dct_basis(side: int, terms: int) -> torch.Tensor:
+    """``(side², terms)``: the orthonormal 2-D DCT-II images of a ``side``-pixel square, flattened as columns, the
+    ``terms`` of lowest frequency first (by ``k₁ + k₂``, then ``k₁``)."""
+    k = torch.arange(side, dtype=torch.float64)
+    cosines = torch.cos(torch.pi * (k[None] + 0.5) * k[:, None] / side)               # (frequency, position)
+    cosines = cosines / cosines.norm(dim=1, keepdim=True)
+    pairs = sorted(((a, b) for a in range(side) for b in range(side)), key=lambda f: (f[0] + f[1], f[0]))[:terms]
+    rows, columns = (torch.tensor(c, dtype=torch.long) for c in zip(*pairs))
+    images = cosines[rows, :, None] * cosines[columns, None, :]                        # (terms, side, side)
+    return images.reshape(terms, side * side).T.float().contiguous()
+
+
 class ImagePlugin:
     """Engine plugin for image-classification gradients.
 
@@ -58,12 +70,16 @@ class ImagePlugin:
             are a full-resolution grey level (``images``, ``(B, 1, S, S)``) and two colour-difference planes
             on a grid ``chroma`` times coarser (``chroma``, bilinearly upsampled), as JPEG stores a photo: a
             grey image is exact, a batch has fewer unknowns than pixels.
+        colour_terms: for 3-channel images, instead of the grid, each colour plane as its ``colour_terms``
+            lowest-frequency 2-D DCT terms (``colour``, ``(B, 2, colour_terms)``; :func:`dct_basis`): as few
+            unknowns as the grid's where the counts match, but more of a photo's colour for the same count
+            (0: the grid, or every pixel at ``chroma`` 1).
     """
 
     def __init__(self, model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
                  *, labels: torch.Tensor | None = None, learn_labels: bool = False, tv: float = 0.0,
                  clamp: bool = False, box: bool = False, init_std: float = 1.0,
-                 start: Mapping[str, torch.Tensor] | None = None, chroma: int = 1) -> None:
+                 start: Mapping[str, torch.Tensor] | None = None, chroma: int = 1, colour_terms: int = 0) -> None:
         self.model = model
         self.batch_size = batch_size
         self.image_shape = tuple(image_shape)
@@ -76,15 +92,18 @@ class ImagePlugin:
         self.init_std = float(init_std)
         self.start = dict(start) if start is not None else None
         self.chroma = int(chroma) if self.image_shape[0] == 3 else 1
+        self.colour_terms = int(colour_terms) if self.image_shape[0] == 3 else 0
         self._params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.device = model_device(model)
+        self._basis = dct_basis(self.image_shape[1], self.colour_terms).to(self.device) if self.colour_terms else None
         if self.labels is not None:
             self.labels = self.labels.to(self.device)
 
     def variant(self, **changes: Any) -> ImagePlugin:
         """This plugin with some of its options changed (``tv``, ``start``, ...)."""
         options = {"labels": self.labels, "learn_labels": self.learn_labels, "tv": self.tv, "clamp": self.clamp,
-                   "box": self.box, "init_std": self.init_std, "start": self.start, "chroma": self.chroma}
+                   "box": self.box, "init_std": self.init_std, "start": self.start, "chroma": self.chroma,
+                   "colour_terms": self.colour_terms}
         return ImagePlugin(self.model, self.batch_size, self.image_shape, self.num_classes, **{**options, **changes})
 
     def matched_parameters(self) -> Mapping[str, torch.Tensor]:
@@ -95,7 +114,12 @@ class ImagePlugin:
             return {n: t.detach().clone() for n, t in self.start.items()}
         # drawn on the CPU and moved: one seed gives the same start on every device
         channels, side, _ = self.image_shape
-        if self.chroma == 1:
+        if self.colour_terms:
+            leaves = {"images": self.init_std * randn(self.batch_size, 1, side, side, generator=generator,
+                                                      device=self.device),
+                      "colour": self.init_std * randn(self.batch_size, 2, self.colour_terms, generator=generator,
+                                                      device=self.device)}
+        elif self.chroma == 1:
             leaves = {"images": self.init_std * randn(self.batch_size, *self.image_shape, generator=generator,
                                                       device=self.device)}
         else:
@@ -113,17 +137,31 @@ class ImagePlugin:
 
     def planes(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The optimised planes at full resolution ``(B, C, S, S)``: pixels, or with ``box`` their logits."""
-        if self.chroma == 1:
+        if self._basis is not None:
+            colour = leaves["colour"] @ self._basis.T                                # (B, 2, S·S)
+        elif self.chroma == 1:
             return leaves["images"]
-        colour = F.interpolate(leaves["chroma"], size=self.image_shape[1:], mode="bilinear", align_corners=False)
-        rgb = CHROMA_BASIS.to(colour).T @ colour.flatten(2)                         # (B, 3, S·S)
+        else:
+            colour = F.interpolate(leaves["chroma"], size=self.image_shape[1:], mode="bilinear",
+                                   align_corners=False).flatten(2)
+        rgb = CHROMA_BASIS.to(colour).T @ colour                                     # (B, 3, S·S)
         return leaves["images"] + rgb.view(-1, *self.image_shape)
 
     def with_every_pixel(self, leaves: Mapping[str, torch.Tensor], **changes: Any) -> ImagePlugin:
         """This plugin at chroma 1, starting from the full-resolution planes ``leaves`` stand for (labels kept)."""
-        start = {**{n: t for n, t in leaves.items() if n not in ("images", "chroma")},
+        start = {**{n: t for n, t in leaves.items() if n not in ("images", "chroma", "colour")},
                  "images": self.planes(leaves).detach()}
-        return self.variant(chroma=1, start=start, **changes)
+        return self.variant(chroma=1, colour_terms=0, start=start, **changes)
+
+    def with_colour_terms(self, leaves: Mapping[str, torch.Tensor], terms: int, **changes: Any) -> ImagePlugin:
+        """This plugin with each colour plane in ``terms`` DCT terms, starting from the nearest such planes to those
+        ``leaves`` stand for (the grey level kept, the colour projected; labels kept)."""
+        planes = self.planes(leaves).detach()
+        basis = dct_basis(self.image_shape[1], terms).to(planes)
+        colour = CHROMA_BASIS.to(planes) @ planes.flatten(2)                         # (B, 2, S·S)
+        start = {**{n: t for n, t in leaves.items() if n not in ("images", "chroma", "colour")},
+                 "images": planes.mean(1, keepdim=True), "colour": colour @ basis}
+        return self.variant(colour_terms=terms, start=start, **changes)
 
     def images(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The dummy images ``(B, C, S, S)`` the leaves stand for."""

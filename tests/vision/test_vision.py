@@ -288,6 +288,46 @@ def test_subsampled_colour_leaves_few_enough_unknowns_for_the_gradient_to_determ
     assert chroma_for(build_model(VisionModelSpec("lenet", image_size=64)), (3, 64, 64), 1) == 2
 
 
+def test_the_finer_colour_takes_as_many_dct_terms_as_the_headroom_admits():
+    from vision_dlg.capacity import HEADROOM, colour_terms_for, gradient_capacity, image_unknowns
+
+    model = build_model(VisionModelSpec("lenet", image_size=32))
+    assert image_unknowns((3, 32, 32), 2, terms=538) == 1024 + 2 * 538 and image_unknowns((1, 32, 32), terms=5) == 1024
+    # every pixel fits for 1-2 images (capped there), none for 16: not even the grey levels fit the headroom
+    assert [colour_terms_for(model, (3, 32, 32), b) for b in (1, 2, 3, 4, 8, 16)] == [1024, 1024, 793, 538, 157, 0]
+    cap = gradient_capacity(model, (3, 32, 32), 4, terms=538)
+    assert cap.unknowns == 8400 <= HEADROOM * cap.bound < cap.unknowns + 4 * 2 and cap.determined
+    assert colour_terms_for(model, (1, 32, 32), 4) == 0
+
+
+def test_the_dct_colour_plugin_is_orthonormal_represents_grey_exactly_and_projects_a_grids_colour():
+    from vision_dlg.plugin import CHROMA_BASIS, ImagePlugin, dct_basis
+
+    basis = dct_basis(8, 10)
+    assert basis.shape == (64, 10) and torch.allclose(basis.T @ basis, torch.eye(10), atol=1e-6)
+    assert torch.allclose(basis[:, 0], torch.full((64,), 1 / 8))                     # the constant term first
+    model = build_model(SMALL)
+    grid = ImagePlugin(model, 2, (3, 16, 16), 10, labels=torch.tensor([1, 2]), box=True, chroma=4)
+    leaves = grid.init_leaves(torch.Generator().manual_seed(0))
+    fine = grid.with_colour_terms(leaves, 40)
+    assert fine.colour_terms == 40 and {n: tuple(t.shape) for n, t in fine.start.items()} == {
+        "images": (2, 1, 16, 16), "colour": (2, 2, 40)}
+    # a 4x4 grid's bilinear colour is smooth: 40 terms hold most of it, all 256 every bit of it
+    exact = grid.with_colour_terms(leaves, 256)
+    assert torch.allclose(exact.planes(exact.start), grid.planes(leaves), atol=1e-5)
+    near = (fine.planes(fine.start) - grid.planes(leaves)).norm() / (grid.planes(leaves) - leaves["images"]).norm()
+    assert near < 0.1
+    start = fine.init_leaves(torch.Generator().manual_seed(1))
+    assert start["colour"].shape == (2, 2, 40)
+    drawn = fine.variant(start=None).init_leaves(torch.Generator().manual_seed(1))
+    drawn["colour"].zero_()
+    grey = fine.images(drawn)
+    assert torch.allclose(grey[:, 0], grey[:, 2]) and torch.allclose(grey[:, 0], torch.sigmoid(drawn["images"][:, 0]))
+    assert torch.allclose(CHROMA_BASIS @ torch.ones(3), torch.zeros(2), atol=1e-7)
+    every = fine.with_every_pixel(fine.start)
+    assert (every.chroma, every.colour_terms) == (1, 0) and every.start["images"].shape == (2, 3, 16, 16)
+
+
 def test_the_subsampled_colour_plugin_holds_a_grey_level_and_coarse_colour_and_represents_grey_exactly():
     from vision_dlg.plugin import ImagePlugin
 
@@ -359,7 +399,10 @@ def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_on
     assert "colour subsampled 2-fold, 6912 unknowns (determined)" in caplog.text      # 2 x (48² + 2 x 24²)
     assert "polishing without the prior: 1 more steps" in caplog.text and rec.chroma == 2
     assert "the polish with colour subsampled 2-fold fell only" in caplog.text        # one step falls little
-    assert "with every pixel free" in caplog.text
+    # then the colour in DCT terms (2 x (48² + 2 x 1021) unknowns), which one step leaves short too: every pixel
+    assert "the colour in 1021 DCT terms per plane (8692 unknowns) instead: 1 steps" in caplog.text
+    assert "with every pixel free" in caplog.text and "kept " in caplog.text
+    assert rec.colour_terms in (0, 1021) and rec.to_json()["colour_terms"] == rec.colour_terms
     caplog.clear()
     monkeypatch.setattr(attack_module, "COLOUR_FIT_DROP", 1e-9)                     # any fall holds the colour
     with caplog.at_level("INFO", logger="vision_dlg"):
