@@ -32,7 +32,14 @@ from nlp_dlg.engine.device import model_device
 from nlp_dlg.engine.errors import ConfigError, GradientMismatchError
 from nlp_dlg.engine.matcher import GradientMatcher, MatchingResult, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
-from vision_dlg.capacity import chroma_for, chroma_side, colour_terms_for, gradient_capacity, warn_if_undetermined
+from vision_dlg.capacity import (
+    chroma_for,
+    chroma_side,
+    colour_terms_for,
+    gradient_capacity,
+    image_unknowns,
+    warn_if_undetermined,
+)
 from vision_dlg.config import (
     BATCH_TV,
     BOXED_INIT_STD,
@@ -197,8 +204,7 @@ class ImageAttack:
             return None
         fine = plugin.with_colour_terms(found.leaves, terms)
         logger.info("the colour in %d DCT terms per plane (%d unknowns) instead: %d steps with the prior, then "
-                    "without", terms, gradient_capacity(self.model, plugin.image_shape, plugin.batch_size,
-                                                        terms=terms).solved_for, config.steps)
+                    "without", terms, plugin.batch_size * image_unknowns(plugin.image_shape, terms=terms), config.steps)
         refit = self._match(fine, config, gradients, generator)
         polished = self._match(fine.variant(tv=0.0, start=refit.leaves), config, gradients, generator)
         logger.info("the polish with %d DCT terms fell %.3gx (to %.4g)", terms, refit.distance / polished.distance,

@@ -11,6 +11,7 @@ to the distance or scales the distance by it, ``MatchingConfig.prior``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from nlp_dlg.engine.device import model_device, randn
 from vision_dlg.capacity import chroma_side
 
 LABEL_PEAK = 5.0  # logit added to an estimated label when soft labels start from it
+IMAGE_LEAVES = ("images", "chroma", "colour")  # the leaves that hold pixels; the others (labels) carry over as they are
 # Two directions orthogonal to grey (1, 1, 1)/√3, orthonormal: the colour a subsampled chroma leaf adds
 CHROMA_BASIS = torch.tensor([[2 ** -0.5, -(2 ** -0.5), 0.0], [6 ** -0.5, 6 ** -0.5, -2 * 6 ** -0.5]])
 
@@ -33,9 +35,11 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+@functools.lru_cache(maxsize=8)
 def dct_basis(side: int, terms: int) -> torch.Tensor:
     """``(side², terms)``: the orthonormal 2-D DCT-II images of a ``side``-pixel square, flattened as columns, the
-    ``terms`` of lowest frequency first (by ``k₁ + k₂``, then ``k₁``)."""
+    ``terms`` of lowest frequency first (by ``k₁ + k₂``, then ``k₁``). Cached (every plugin variant of a batch
+    holds the same one): callers must not write to it."""
     k = torch.arange(side, dtype=torch.float64)
     cosines = torch.cos(torch.pi * (k[None] + 0.5) * k[:, None] / side)               # (frequency, position)
     cosines = cosines / cosines.norm(dim=1, keepdim=True)
@@ -43,6 +47,11 @@ def dct_basis(side: int, terms: int) -> torch.Tensor:
     rows, columns = (torch.tensor(c, dtype=torch.long) for c in zip(*pairs))
     images = cosines[rows, :, None] * cosines[columns, None, :]                        # (terms, side, side)
     return images.reshape(terms, side * side).T.float().contiguous()
+
+
+def _other_leaves(leaves: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The leaves that are not pixels (the soft labels, where learnt): a change of the pixels' form keeps them."""
+    return {n: t for n, t in leaves.items() if n not in IMAGE_LEAVES}
 
 
 class ImagePlugin:
@@ -149,8 +158,7 @@ class ImagePlugin:
 
     def with_every_pixel(self, leaves: Mapping[str, torch.Tensor], **changes: Any) -> ImagePlugin:
         """This plugin at chroma 1, starting from the full-resolution planes ``leaves`` stand for (labels kept)."""
-        start = {**{n: t for n, t in leaves.items() if n not in ("images", "chroma", "colour")},
-                 "images": self.planes(leaves).detach()}
+        start = {**_other_leaves(leaves), "images": self.planes(leaves).detach()}
         return self.variant(chroma=1, colour_terms=0, start=start, **changes)
 
     def with_colour_terms(self, leaves: Mapping[str, torch.Tensor], terms: int, **changes: Any) -> ImagePlugin:
@@ -159,8 +167,7 @@ class ImagePlugin:
         planes = self.planes(leaves).detach()
         basis = dct_basis(self.image_shape[1], terms).to(planes)
         colour = CHROMA_BASIS.to(planes) @ planes.flatten(2)                         # (B, 2, S·S)
-        start = {**{n: t for n, t in leaves.items() if n not in ("images", "chroma", "colour")},
-                 "images": planes.mean(1, keepdim=True), "colour": colour @ basis}
+        start = {**_other_leaves(leaves), "images": planes.mean(1, keepdim=True), "colour": colour @ basis}
         return self.variant(colour_terms=terms, start=start, **changes)
 
     def images(self, leaves: Mapping[str, torch.Tensor]) -> torch.Tensor:
