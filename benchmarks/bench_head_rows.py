@@ -10,6 +10,8 @@ prefix that predicts ``v``. Measured:
   against the true count of ``v`` as a label; ``μ`` from the batch's own states, or from the position-0 states
   of every vocabulary token (what an attacker can compute);
 * the next-token test at the true prefixes: how often the true label's row is the nearest (cosine) of all rows;
+  and the same with the rows made exact (the true background and input side taken off, ``−Σ_{t: y_t = v} o_t``
+  alone): what a per-position test could reach at best, with many states summed in one row;
 * rows of labels that occur once: cosine of ``−(R_v − background)`` with the true state, and the input side's
   norm there beside the state's;
 * how alike the states of one sentence are (cosine after removing ``μ``).
@@ -79,6 +81,9 @@ def analyse(model, ids: torch.Tensor, mask: torch.Tensor) -> dict:
     mu = o.mean(0)
     unit = rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-30)
     nearest = (-(o / o.norm(dim=1, keepdim=True)) @ unit.T).argmax(1)
+    exact = onehot @ o
+    nearest_exact = ((o / o.norm(dim=1, keepdim=True)) @ (exact / exact.norm(dim=1, keepdim=True).clamp(min=1e-30)).T
+                     ).argmax(1)
     once = (counts == 1).nonzero().flatten()
     state_of = {int(v): o[int((labels == v).nonzero()[0])] for v in once}
     cos_once = [float(torch.nn.functional.cosine_similarity(-(rows[v] - background[v]), state_of[int(v)], dim=0))
@@ -92,6 +97,7 @@ def analyse(model, ids: torch.Tensor, mask: torch.Tensor) -> dict:
             "counts_exact_batch_mean": counts_exact(rows, mu, counts),
             "counts_exact_vocab_mean": counts_exact(rows, first_states(model, vocab).mean(0), counts),
             "next_token_nearest_row": round(float((nearest == labels).double().mean()), 4),
+            "next_token_nearest_exact_row": round(float((nearest_exact == labels).double().mean()), 4),
             "once_cosine_median": round(statistics.median(cos_once), 4),
             "once_cosine_p05": round(float(torch.tensor(cos_once).quantile(0.05)), 4),
             "once_input_side_norm": round(float(input_side[once].norm(dim=1).median()), 2),

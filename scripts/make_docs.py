@@ -128,7 +128,8 @@ SECTIONS = (
             "an analysis with the truth at hand, not an attack (decoders at random init, GPT-2 with its tied head, "
             "LLaMA with an untied one; held-out Rotten Tomatoes reviews): label counts read as the head rows' "
             "projection on the mean final state, from the batch's own states or from every token's position-0 "
-            "state; how often the true next token's row is the nearest to the true prefix's state; for labels "
+            "state; how often the true next token's row is the nearest to the true prefix's state, also with the "
+            "rows made exact (background and input side taken off with the truth); for labels "
             "that occur once, the cosine of the row (less the softmax background) with the true state, and the "
             "norm of the tied input side beside the state's",
             "python benchmarks/bench_head_rows.py --architecture A --batch-size B",
@@ -137,6 +138,7 @@ SECTIONS = (
              Col("once", "labels_once"), Col("counts exact (batch μ)", "counts_exact_batch_mean", ".3f"),
              Col("counts exact (vocab μ)", "counts_exact_vocab_mean", ".3f"),
              Col("next token nearest", "next_token_nearest_row", ".3f"),
+             Col("same, exact rows", "next_token_nearest_exact_row", ".3f"),
              Col("once: cos median", "once_cosine_median", ".3f"), Col("once: cos 5%", "once_cosine_p05", ".3f"),
              Col("input side", "once_input_side_norm", ".1f"), Col("state", "state_norm", ".1f"),
              Col("neighbour cos", "neighbour_state_cosine", ".3f"), Col("s", "seconds", ".1f"))),
@@ -368,16 +370,17 @@ def _recovery_line() -> list[str]:
             f"{rows[-1]['date']}, `recovery.jsonl`"]
 
 
-def _vision_line(size: int = 32) -> list[str] | None:
-    runs = {c: _latest("vision_restarts.jsonl", _faces, config=c, batch_size=1, image_size=size)
-            for c in ("toolkit", "paper")}
+def _vision_line(size: int = 32, *, photos: bool = False) -> list[str] | None:
+    runs = {c: _latest("vision_restarts.jsonl", lambda row: _faces(row) != photos, config=c, batch_size=1,
+                       image_size=size) for c in ("toolkit", "paper")}
     r, paper = runs["toolkit"], runs["paper"]
     if r is None:
         return None
     compared = (f"; the paper as written on the same gradients: {paper['at_30db']}/{paper['images']}"
                 if paper and paper["seeds"] == r["seeds"] else "")
     where = "" if size == 32 else f", {size}x{size} (determined: {_determined(r)})"
-    return [f"DLG's LeNet, one real face per gradient{where}, {len(r['seeds'])} model seeds",
+    what = "scikit-image photo (6 of 8 in colour)" if photos else "real face"
+    return [f"DLG's LeNet, one {what} per gradient{where}, {len(r['seeds'])} model seeds",
             f"{r['at_30db']}/{r['images']} at ≥ 30 dB (min {r['min_psnr']:.1f} dB), labels "
             f"{r['labels_right']}/{r['images']}, median {r['median_evaluations_to_30db']:.0f} evaluations to 30 dB"
             f"{compared}", f"{r['date']}, `vision_restarts.jsonl`"]
@@ -438,7 +441,7 @@ def headline_md() -> str:
     lines += [_causal_line("gpt2", "GPT-2 random init", b, "8-14 words") for b in (32, 48)]
     lines += [_causal_line("llama", "LLaMA (small) random init", 8), _lora_line(8)]
     lines += [_classify_line(b) for b in (1, 8, 16)]
-    lines += [_recovery_line(), _vision_line(), _vision_line(64), _vision_batch_line(4, 32),
+    lines += [_recovery_line(), _vision_line(), _vision_line(photos=True), _vision_line(64), _vision_batch_line(4, 32),
               _vision_batch_line(8, 32), _vision_batch_line(4, 32, photos=True), _vision_batch_line(8, 64)]
     body = "\n".join("| " + " | ".join(cells) + " |" for cells in lines if cells)
     return (f"{BEGIN}\n| setting | measured | when, file |\n|---|---|---|\n{body}\n\nAll numbers, with their "
