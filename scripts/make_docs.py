@@ -413,15 +413,38 @@ def _causal_line(architecture: str, label: str, batch: int, words: str = "8-24 w
             f"exact, {r['seconds_per_batch']:.1f} s per batch", f"{r['date']}, `causal.jsonl`"]
 
 
+def _review_range(row: dict) -> range:
+    """The reviews a row ran on, from its ``data`` ("Rotten Tomatoes reviews A-B ...")."""
+    first, last = row["data"].split("reviews ", 1)[1].split(" ", 1)[0].split("-")
+    return range(int(first), int(last) + 1)
+
+
+def _pooled(rows: list[dict]) -> dict | None:
+    """The newest rows on disjoint review ranges (a newer row replaces any it overlaps), pooled: sentence-weighted
+    means, summed counts, the newest date."""
+    kept: list[dict] = []
+    for row in reversed(rows):
+        if not any(set(_review_range(row)) & set(_review_range(k)) for k in kept):
+            kept.append(row)
+    if not kept:
+        return None
+    n = sum(r["sentences"] for r in kept)
+    mean = {k: sum(r[k] * r["sentences"] for r in kept) / n for k in ("token_accuracy", "rouge1", "seconds_per_batch")}
+    reviews = ", ".join(f"{r.start}-{r.stop - 1}" for r in sorted(map(_review_range, kept), key=lambda r: r.start))
+    return {**mean, "sentences": n, "exact": sum(r["exact"] for r in kept), "date": kept[0]["date"],
+            "reviews": reviews}
+
+
 def _lora_line(rank: int) -> list[str] | None:
-    r = _latest("causal.jsonl", lambda r: "pursuit" in r.get("attacks_run", []), architecture="gpt2",
-                lora_rank=rank, batch_size=1)
+    r = _pooled([row for row in rows_of("causal.jsonl") if "pursuit" in row.get("attacks_run", [])
+                 and row.get("architecture") == "gpt2" and row.get("lora_rank") == rank
+                 and row.get("batch_size") == 1])
     if r is None:
         return None
     return [f"GPT-2 random init, causal LM, LoRA rank {rank} (only adapters shared), batch 1, `span` refused, "
-            f"pursuit and order search ran", f"token accuracy {r['token_accuracy']:.3f}, ROUGE-1 {r['rouge1']:.3f}, "
-            f"{r['exact']}/{r['sentences']} exact, {r['seconds_per_batch']:.1f} s per sentence",
-            f"{r['date']}, `causal.jsonl`"]
+            f"pursuit and order search ran, reviews {r['reviews']}", f"token accuracy {r['token_accuracy']:.3f}, "
+            f"ROUGE-1 {r['rouge1']:.3f}, {r['exact']}/{r['sentences']} exact, {r['seconds_per_batch']:.1f} s per "
+            f"sentence", f"{r['date']}, `causal.jsonl`"]
 
 
 def _classify_line(batch: int) -> list[str] | None:
