@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -105,6 +105,15 @@ class ImageReconstruction:
                 "chroma": self.chroma, "colour_terms": self.colour_terms}
 
 
+class _Polished(NamedTuple):
+    """One polish without the prior: the form it ran in, its run, and the steps of the prior stage it started from
+    beyond the search's (a finer-colour refit's; 0 from the search's own end)."""
+
+    plugin: ImagePlugin
+    run: MatchingResult
+    before: int
+
+
 class ImageAttack:
     """Reconstruct the images behind an image-classification gradient.
 
@@ -167,37 +176,34 @@ class ImageAttack:
         steps = min(self.config.polish_steps, self.config.matching.steps)
         logger.info("polishing without the prior: %d more steps from distance %.4g", steps, found.distance)
         config = replace(self.config.matching, steps=steps, restarts=1, stall_step=None)
-        start, options = found, [plugin.variant(tv=0.0, start=found.leaves)]
-        runs = [self._match(options[0], config, gradients, generator)]
-        spent, before = list(runs), [0]                   # every run; the steps before each option's polish
-        if plugin.chroma > 1 and runs[0].distance > found.distance / COLOUR_FIT_DROP:
+        grid = plugin.variant(tv=0.0, start=found.leaves)
+        tried, start = [_Polished(grid, self._match(grid, config, gradients, generator), 0)], found
+        if plugin.chroma > 1 and tried[0].run.distance > found.distance / COLOUR_FIT_DROP:
             logger.info("the polish with colour subsampled %d-fold fell only %.3gx (to %.4g)", plugin.chroma,
-                        found.distance / runs[0].distance, runs[0].distance)
+                        found.distance / tried[0].run.distance, tried[0].run.distance)
             finer = self._finer_colour(plugin, found, config, gradients, generator)
             if finer is not None:
-                options, start = [*options, finer[0].variant(tv=0.0, start=finer[1].leaves)], finer[1]
-                runs, spent, before = [*runs, finer[2]], [*spent, *finer[1:]], [*before, start.steps]
-            if runs[-1].distance > start.distance / COLOUR_FIT_DROP:
-                options.append(options[-1].with_every_pixel(start.leaves, tv=0.0))
-                runs.append(self._match(options[-1], config, gradients, generator))
-                spent.append(runs[-1])
-                before.append(before[-1])
-                logger.info("with every pixel free: %.4g", runs[-1].distance)
-        best = min(range(len(runs)), key=lambda i: runs[i].distance)
-        if len(runs) > 1:
-            logger.info("kept %s (distance %.4g)", _colour_name(options[best]), runs[best].distance)
-        return options[best], replace(runs[best], steps=found.steps + before[best] + runs[best].steps,
-                                      abandoned=found.abandoned,
-                                      total_evaluations=found.total_evaluations
-                                      + sum(r.total_evaluations for r in spent),
-                                      seconds=found.seconds + sum(r.seconds for r in spent))
+                start, polished = finer
+                tried.append(polished)
+            if tried[-1].run.distance > start.distance / COLOUR_FIT_DROP:
+                every = tried[-1].plugin.with_every_pixel(start.leaves, tv=0.0)
+                tried.append(_Polished(every, self._match(every, config, gradients, generator), tried[-1].before))
+                logger.info("with every pixel free: %.4g", tried[-1].run.distance)
+        best = min(tried, key=lambda t: t.run.distance)
+        if len(tried) > 1:
+            logger.info("kept %s (distance %.4g)", _colour_name(best.plugin), best.run.distance)
+        spent = [t.run for t in tried] + ([start] if start is not found else [])    # every run, the prior stage's too
+        return best.plugin, replace(best.run, steps=found.steps + best.before + best.run.steps,
+                                    abandoned=found.abandoned,
+                                    total_evaluations=found.total_evaluations + sum(r.total_evaluations for r in spent),
+                                    seconds=found.seconds + sum(r.seconds for r in spent))
 
     def _finer_colour(self, plugin: ImagePlugin, found: MatchingResult, config: Any,
                       gradients: Mapping[str, torch.Tensor], generator: torch.Generator
-                      ) -> tuple[ImagePlugin, MatchingResult, MatchingResult] | None:
+                      ) -> tuple[MatchingResult, _Polished] | None:
         """The colour in the most DCT terms per plane the gradient's bound admits (:func:`colour_terms_for`), from
-        the grid's planes: the prior stage again for ``config``'s steps, then its polish without the prior. None
-        where the terms would hold no more than the grid."""
+        the grid's planes: the prior stage again for ``config``'s steps, then its polish without the prior (both
+        returned). None where the terms would hold no more than the grid."""
         terms = colour_terms_for(self.model, plugin.image_shape, plugin.batch_size)
         side = chroma_side(plugin.image_shape[1], plugin.chroma)
         if terms <= side * side:
@@ -206,10 +212,11 @@ class ImageAttack:
         logger.info("the colour in %d DCT terms per plane (%d unknowns) instead: %d steps with the prior, then "
                     "without", terms, plugin.batch_size * image_unknowns(plugin.image_shape, terms=terms), config.steps)
         refit = self._match(fine, config, gradients, generator)
-        polished = self._match(fine.variant(tv=0.0, start=refit.leaves), config, gradients, generator)
+        polish = fine.variant(tv=0.0, start=refit.leaves)
+        polished = self._match(polish, config, gradients, generator)
         logger.info("the polish with %d DCT terms fell %.3gx (to %.4g)", terms, refit.distance / polished.distance,
                     polished.distance)
-        return fine, refit, polished
+        return refit, _Polished(polish, polished, refit.steps)
 
     def _match(self, plugin: ImagePlugin, config: Any, gradients: Mapping[str, torch.Tensor],
                generator: torch.Generator) -> MatchingResult:
