@@ -11,7 +11,8 @@ captured by `vision-dlg capture` in a subprocess for each LeNet seed. Each file 
 
 The truth is used to score only: PSNR per logged step gives the gradient evaluations (all starts counted) to
 30 dB; with the colour subsampled, `ceiling_psnr` is the best each image could come back at (99: grey, exact), in
-the colour the attack kept (`colour_terms`: per batch, the DCT terms per plane of a finer-colour polish, or 0).
+the colour the attack kept (`colour_terms`: per batch, the DCT terms per plane of a finer-colour polish, or
+0; S·S: every pixel's colour, under a prior of its own).
 One JSON line per (config, image size, batch size) to `benchmarks/results/vision_restarts.jsonl`, and
 a figure, truth over each config's images per seed, to `benchmarks/results/vision_restarts.png`.
 

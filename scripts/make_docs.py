@@ -395,6 +395,8 @@ def _vision_batch_line(batch: int, size: int, *, photos: bool = False) -> list[s
             else f"{r['images']} grey faces, {batch}")
     low = min(r.get("ceiling_psnr") or [GREY])
     ceiling = "" if low >= GREY else f"; the subsampled colour can hold ≥ {low:.1f} dB of each"
+    if size * size in (r.get("colour_terms") or []):
+        ceiling += "; then every pixel's colour free under a prior of its own"
     return [f"DLG's LeNet, {what} per gradient, {size}x{size}", f"{r['at_30db']}/{r['images']} at ≥ 30 "
             f"dB (min {r['min_psnr']:.1f} dB; determined: {_determined(r)}{ceiling})",
             f"{r['date']}, `vision_restarts.jsonl`"]

@@ -34,8 +34,6 @@ from nlp_dlg.engine.matcher import GradientMatcher, MatchingResult, StepRecord
 from nlp_dlg.engine.observation import GradientObservation, as_gradient
 from vision_dlg.capacity import (
     chroma_for,
-    chroma_side,
-    colour_terms_for,
     gradient_capacity,
     image_unknowns,
     warn_if_undetermined,
@@ -62,6 +60,15 @@ logger = logging.getLogger(__name__)
 # 1-3e-6), scikit-image colour photos 7.5x and 16x (to 5e-5-1.4e-4; with every pixel free, 1e-6, and 0.3-0.6 dB
 # better where the subsampled polish lost 2-4 dB). Measured 2026-12-07 with the polish of both kinds.
 COLOUR_FIT_DROP = 50.0
+# The colour the gradient cannot see: a photo batch has more pixels than its gradient can determine (LeNet 32x32,
+# 4 photos: 12,288 pixels, bound 11,208), and the images that match it differ from the truth by colour noise at
+# the scale of a pixel. A prior on the colour planes COLOUR_TV times the grey level's chooses smooth colour. Photos
+# 0-3 in one gradient (exploratory, 2026-12-07, 100 + 100 steps from the grid's planes): 32.0-36.2 dB, where the
+# colour in 538 DCT terms gave 29.7-32.4 (truncated colour makes the gradient's fit distort the rest). Photos 0-7 in
+# one gradient, from noise: colour prior 1e-2 with grey 1e-3 1.4-3.7 dB below 3e-3; 2e-3 within 0.6 dB of it. The
+# polish keeps POLISH_PRIOR of both weights (there 28.1-36.9 dB; with the grey level's at 0, 0.6 dB lower or less).
+COLOUR_TV = 3.0
+POLISH_PRIOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -96,13 +103,14 @@ class ImageReconstruction:
     abandoned: int = 0      # starts abandoned as stalled (their evaluations are counted in ``evaluations``)
     chroma: int = 1         # colour subsampling the attack searched under (1: every pixel)
     colour_terms: int = 0   # DCT terms per colour plane of the kept polish (0: none, :meth:`ImageAttack._polish`)
+    colour_tv: float = 0.0  # the prior's weight on the colour planes there (0: one prior on every plane)
 
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.batch, "index": self.index, "label": self.label, "distance": self.distance,
                 "steps": self.steps, "gradient_evaluations": self.evaluations,
                 "seconds": round(self.seconds, 3), "label_method": self.label_method,
                 "interrupted": self.interrupted, "tv": self.tv, "prior": self.prior, "abandoned_starts": self.abandoned,
-                "chroma": self.chroma, "colour_terms": self.colour_terms}
+                "chroma": self.chroma, "colour_terms": self.colour_terms, "colour_tv": self.colour_tv}
 
 
 class _Polished(NamedTuple):
@@ -160,7 +168,8 @@ class ImageAttack:
         images, labs = images.cpu(), labs.cpu()
         return [ImageReconstruction(batch, i, images[i], int(labs[i]), result.distance, result.steps,
                                     result.total_evaluations, result.seconds, self.config.label_method,
-                                    result.interrupted, tv, form, result.abandoned, chroma, plugin.colour_terms)
+                                    result.interrupted, tv, form, result.abandoned, chroma, plugin.colour_terms,
+                                    plugin.colour_tv)
                 for i in range(batch_size)]
 
     def _polish(self, plugin: ImagePlugin, found: MatchingResult, gradients: Mapping[str, torch.Tensor],
@@ -168,8 +177,8 @@ class ImageAttack:
         """``polish_steps`` more steps (at most the matching's) without the prior from where it ended, where the
         gradient can determine the batch (else the prior's choice is kept: the gradient alone would drift among
         equals). A polish of subsampled colour that does not fall ``COLOUR_FIT_DROP`` times below the prior stage
-        leaves a residual the grid cannot hold (a photo's fine colour): the colour then goes to DCT terms
-        (:meth:`_finer_colour`), and where that too falls short every pixel is freed; the nearest is kept."""
+        leaves a residual the grid cannot hold (a photo's fine colour): every pixel's colour is then freed under a
+        prior of its own (:meth:`_finer_colour`), and that is kept."""
         if not gradient_capacity(self.model, plugin.image_shape, plugin.batch_size, chroma=plugin.chroma).determined:
             logger.info("no polish without the prior: the gradient cannot determine this batch")
             return plugin, found
@@ -177,45 +186,36 @@ class ImageAttack:
         logger.info("polishing without the prior: %d more steps from distance %.4g", steps, found.distance)
         config = replace(self.config.matching, steps=steps, restarts=1, stall_step=None)
         grid = plugin.variant(tv=0.0, start=found.leaves)
-        tried, start = [_Polished(grid, self._match(grid, config, gradients, generator), 0)], found
-        if plugin.chroma > 1 and tried[0].run.distance > found.distance / COLOUR_FIT_DROP:
-            logger.info("the polish with colour subsampled %d-fold fell only %.3gx (to %.4g)", plugin.chroma,
-                        found.distance / tried[0].run.distance, tried[0].run.distance)
-            finer = self._finer_colour(plugin, found, config, gradients, generator)
-            if finer is not None:
-                start, polished = finer
-                tried.append(polished)
-            if tried[-1].run.distance > start.distance / COLOUR_FIT_DROP:
-                every = tried[-1].plugin.with_every_pixel(start.leaves, tv=0.0)
-                tried.append(_Polished(every, self._match(every, config, gradients, generator), tried[-1].before))
-                logger.info("with every pixel free: %.4g", tried[-1].run.distance)
-        best = min(tried, key=lambda t: t.run.distance)
-        if len(tried) > 1:
-            logger.info("kept %s (distance %.4g)", _colour_name(best.plugin), best.run.distance)
-        spent = [t.run for t in tried] + ([start] if start is not found else [])    # every run, the prior stage's too
-        return best.plugin, replace(best.run, steps=found.steps + best.before + best.run.steps,
+        kept, spent = _Polished(grid, self._match(grid, config, gradients, generator), 0), []
+        if plugin.chroma > 1 and kept.run.distance > found.distance / COLOUR_FIT_DROP:
+            logger.info("the polish with colour subsampled %d-fold fell only %.3gx (to %.4g): the colour is finer "
+                        "than the grid", plugin.chroma, found.distance / kept.run.distance, kept.run.distance)
+            spent.append(kept.run)
+            refit, kept = self._finer_colour(plugin, found, config, gradients, generator)
+            spent.append(refit)
+        spent.append(kept.run)                                  # every run paid for, the refit's prior stage too
+        return kept.plugin, replace(kept.run, steps=found.steps + kept.before + kept.run.steps,
                                     abandoned=found.abandoned,
                                     total_evaluations=found.total_evaluations + sum(r.total_evaluations for r in spent),
                                     seconds=found.seconds + sum(r.seconds for r in spent))
 
     def _finer_colour(self, plugin: ImagePlugin, found: MatchingResult, config: Any,
                       gradients: Mapping[str, torch.Tensor], generator: torch.Generator
-                      ) -> tuple[MatchingResult, _Polished] | None:
-        """The colour in the most DCT terms per plane the gradient's bound admits (:func:`colour_terms_for`), from
-        the grid's planes: the prior stage again for ``config``'s steps, then its polish without the prior (both
-        returned). None where the terms would hold no more than the grid."""
-        terms = colour_terms_for(self.model, plugin.image_shape, plugin.batch_size)
-        side = chroma_side(plugin.image_shape[1], plugin.chroma)
-        if terms <= side * side:
-            return None
-        fine = plugin.with_colour_terms(found.leaves, terms)
-        logger.info("the colour in %d DCT terms per plane (%d unknowns) instead: %d steps with the prior, then "
-                    "without", terms, plugin.batch_size * image_unknowns(plugin.image_shape, terms=terms), config.steps)
+                      ) -> tuple[MatchingResult, _Polished]:
+        """Every pixel's colour free, from the grid's planes, under a prior split in two: the search's weight on
+        the grey level and ``COLOUR_TV`` times it on the colour planes (where the batch has more pixels than its
+        gradient can determine, that prior chooses the colour the gradient cannot see). ``config``'s steps with
+        that prior, then as many with ``POLISH_PRIOR`` of it (both returned)."""
+        side = plugin.image_shape[1]
+        fine = plugin.with_colour_terms(found.leaves, side * side, colour_tv=COLOUR_TV * plugin.tv)
+        logger.info("every pixel's colour free (%d unknowns), the prior %.3g on the grey level and %.3g on the "
+                    "colour: %d steps, then %d with %.3g of it", plugin.batch_size * image_unknowns(plugin.image_shape),
+                    fine.tv, fine.colour_tv, config.steps, config.steps, POLISH_PRIOR)
         refit = self._match(fine, config, gradients, generator)
-        polish = fine.variant(tv=0.0, start=refit.leaves)
+        polish = fine.variant(tv=POLISH_PRIOR * fine.tv, colour_tv=POLISH_PRIOR * fine.colour_tv, start=refit.leaves)
         polished = self._match(polish, config, gradients, generator)
-        logger.info("the polish with %d DCT terms fell %.3gx (to %.4g)", terms, refit.distance / polished.distance,
-                    polished.distance)
+        logger.info("the polish with every pixel's colour ended at distance %.4g (from %.4g)", polished.distance,
+                    refit.distance)
         return refit, _Polished(polish, polished, refit.steps)
 
     def _match(self, plugin: ImagePlugin, config: Any, gradients: Mapping[str, torch.Tensor],
@@ -259,13 +259,6 @@ class ImageAttack:
             event = ImageStep(record, images.cpu(), labs.cpu())
             return any([bool(cb(event)) for cb in self.callbacks])
         return on_step
-
-
-def _colour_name(plugin: ImagePlugin) -> str:
-    """How ``plugin`` holds the colour, for the log."""
-    if plugin.colour_terms:
-        return f"the colour in {plugin.colour_terms} DCT terms"
-    return f"the colour subsampled {plugin.chroma}-fold" if plugin.chroma > 1 else "every pixel"
 
 
 def _shape_and_classes(model_meta: Mapping[str, Any], image_shape: tuple[int, int, int] | None,

@@ -13,8 +13,8 @@ a bound of 11,208, and its images come back blurred near 29 dB (benchmarks/resul
 Fewer unknowns than pixels: a colour image stored as JPEG stores it, a full-resolution grey level and two
 colour-difference planes on a coarser grid (:func:`chroma_for` picks the finest grid the bound admits; the image
 plugin's ``chroma``). A grey image loses nothing there; a colour photo loses its finest colour detail. Where that
-detail matters (the attack's polish tells from the distance alone), :func:`colour_terms_for` gives the finer
-alternative: each colour plane as its lowest-frequency 2-D DCT terms, as many as the headroom admits.
+detail matters (the attack's polish tells from the distance alone), the attack frees every pixel's colour again,
+with a prior of its own on the colour planes to choose what the gradient cannot see (``ImageAttack._finer_colour``).
 """
 
 from __future__ import annotations
@@ -97,18 +97,6 @@ def chroma_for(model: nn.Module, image_shape: tuple[int, int, int], batch_size: 
             break
         factor *= 2
     return min(factor, side)
-
-
-def colour_terms_for(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int) -> int:
-    """The most DCT terms per colour plane that leave a batch of 3-channel images at most ``HEADROOM`` of the
-    gradient's bound in unknowns (at most every pixel's; 0 for other channel counts or where not even a grey
-    level fits). LeNet at 32x32: 538 for a batch of 4, 157 for 8."""
-    channels, height, width = image_shape
-    if channels != 3:
-        return 0
-    cap = gradient_capacity(model, image_shape, batch_size)
-    per_image = int(HEADROOM * cap.bound) // batch_size - height * width
-    return max(0, min(per_image // 2, height * width))
 
 
 def warn_if_undetermined(model: nn.Module, image_shape: tuple[int, int, int], batch_size: int,

@@ -288,16 +288,23 @@ def test_subsampled_colour_leaves_few_enough_unknowns_for_the_gradient_to_determ
     assert chroma_for(build_model(VisionModelSpec("lenet", image_size=64)), (3, 64, 64), 1) == 2
 
 
-def test_the_finer_colour_takes_as_many_dct_terms_as_the_headroom_admits():
-    from vision_dlg.capacity import HEADROOM, colour_terms_for, gradient_capacity, image_unknowns
+def test_the_colour_prior_splits_in_two_and_holds_every_pixels_colour_in_the_full_dct_basis():
+    from vision_dlg.capacity import image_unknowns
+    from vision_dlg.plugin import ImagePlugin, total_variation
 
-    model = build_model(VisionModelSpec("lenet", image_size=32))
     assert image_unknowns((3, 32, 32), 2, terms=538) == 1024 + 2 * 538 and image_unknowns((1, 32, 32), terms=5) == 1024
-    # every pixel fits for 1-2 images (capped there), none for 16: not even the grey levels fit the headroom
-    assert [colour_terms_for(model, (3, 32, 32), b) for b in (1, 2, 3, 4, 8, 16)] == [1024, 1024, 793, 538, 157, 0]
-    cap = gradient_capacity(model, (3, 32, 32), 4, terms=538)
-    assert cap.unknowns == 8400 <= HEADROOM * cap.bound < cap.unknowns + 4 * 2 and cap.determined
-    assert colour_terms_for(model, (1, 32, 32), 4) == 0
+    model = build_model(SMALL)
+    grid = ImagePlugin(model, 2, (3, 16, 16), 10, labels=torch.tensor([1, 2]), box=True, chroma=4, tv=1e-3)
+    leaves = grid.init_leaves(torch.Generator().manual_seed(0))
+    every = grid.with_colour_terms(leaves, 256, colour_tv=3e-3)
+    assert (every.tv, every.colour_tv) == (1e-3, 3e-3) and every.variant(start=None).colour_tv == 3e-3
+    colour = (every.start["colour"] @ every._basis.T).view(2, 2, 16, 16)
+    expected = 1e-3 * total_variation(every.start["images"]) + 3e-3 * total_variation(colour)
+    assert torch.allclose(every.regularizer(every.start), expected) and float(expected) > 0
+    # the split prior weighs the colour on its own: tripling it raises the prior by the colour's part only
+    assert not torch.allclose(every.regularizer(every.start), every.variant(colour_tv=1e-3).regularizer(every.start))
+    assert grid.variant(colour_tv=3e-3).colour_tv == 0.0                # no colour planes (the grid): one prior
+    assert float(every.variant(tv=0.0, colour_tv=0.0).regularizer(every.start)) == 0.0
 
 
 def test_the_dct_colour_plugin_is_orthonormal_represents_grey_exactly_and_projects_a_grids_colour():
@@ -324,8 +331,6 @@ def test_the_dct_colour_plugin_is_orthonormal_represents_grey_exactly_and_projec
     grey = fine.images(drawn)
     assert torch.allclose(grey[:, 0], grey[:, 2]) and torch.allclose(grey[:, 0], torch.sigmoid(drawn["images"][:, 0]))
     assert torch.allclose(CHROMA_BASIS @ torch.ones(3), torch.zeros(2), atol=1e-7)
-    every = fine.with_every_pixel(fine.start)
-    assert (every.chroma, every.colour_terms) == (1, 0) and every.start["images"].shape == (2, 3, 16, 16)
 
 
 def test_the_subsampled_colour_plugin_holds_a_grey_level_and_coarse_colour_and_represents_grey_exactly():
@@ -399,16 +404,16 @@ def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_on
     assert "colour subsampled 2-fold, 6912 unknowns (determined)" in caplog.text      # 2 x (48² + 2 x 24²)
     assert "polishing without the prior: 1 more steps" in caplog.text and rec.chroma == 2
     assert "the polish with colour subsampled 2-fold fell only" in caplog.text        # one step falls little
-    # then the colour in DCT terms (2 x (48² + 2 x 1021) unknowns), which one step leaves short too: every pixel
-    assert "the colour in 1021 DCT terms per plane (8692 unknowns) instead: 1 steps" in caplog.text
-    assert "with every pixel free" in caplog.text and "kept " in caplog.text
-    assert rec.colour_terms in (0, 1021) and rec.to_json()["colour_terms"] == rec.colour_terms
+    # then every pixel's colour free (2 x 3 x 48² unknowns) under the split prior, and that is kept
+    assert "every pixel's colour free (13824 unknowns), the prior 0.001 on the grey level and 0.003" in caplog.text
+    assert rec.colour_terms == 48 * 48 and rec.colour_tv == pytest.approx(attack_module.POLISH_PRIOR * 3e-3)
+    assert rec.to_json()["colour_tv"] == rec.colour_tv and rec.tv == 1e-3
     caplog.clear()
     monkeypatch.setattr(attack_module, "COLOUR_FIT_DROP", 1e-9)                     # any fall holds the colour
     with caplog.at_level("INFO", logger="vision_dlg"):
         ImageAttack(model, replace(config, matching=MatchingConfig(steps=1), polish_steps=1)).attack(
             obs, generator=torch.Generator().manual_seed(0))
-    assert "polishing without the prior" in caplog.text and "every pixel free" not in caplog.text
+    assert "polishing without the prior" in caplog.text and "every pixel's colour free" not in caplog.text
     [rec, _] = ImageAttack(model, ImageAttackConfig(matching=MatchingConfig(steps=1), clamp=True)).attack(
         obs, generator=torch.Generator().manual_seed(0))
     assert rec.chroma == 1                                                 # clamping projects pixels: every one free
