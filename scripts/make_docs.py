@@ -391,13 +391,15 @@ def _vision_batch_line(batch: int, size: int, *, photos: bool = False) -> list[s
                 image_size=size)
     if r is None:
         return None
-    what = (f"{r['images']} scikit-image photos (6 in colour), {batch}" if photos
-            else f"{r['images']} grey faces, {batch}")
+    seeds = len(r["seeds"])
+    what = (f"{r['images'] // seeds} scikit-image photos (6 in colour), {batch}" if photos
+            else f"{r['images'] // seeds} grey faces, {batch}")
     low = min(r.get("ceiling_psnr") or [GREY])
     ceiling = "" if low >= GREY else f"; the subsampled colour can hold ≥ {low:.1f} dB of each"
     if size * size in (r.get("colour_terms") or []):
         ceiling += "; then every pixel's colour free under a prior of its own"
-    return [f"DLG's LeNet, {what} per gradient, {size}x{size}", f"{r['at_30db']}/{r['images']} at ≥ 30 "
+    return [f"DLG's LeNet, {what} per gradient, {size}x{size}" + (f", {seeds} model seeds" if seeds > 1 else ""),
+            f"{r['at_30db']}/{r['images']} at ≥ 30 "
             f"dB (min {r['min_psnr']:.1f} dB; determined: {_determined(r)}{ceiling})",
             f"{r['date']}, `vision_restarts.jsonl`"]
 
@@ -467,7 +469,8 @@ def headline_md() -> str:
     lines += [_causal_line("llama", "LLaMA (small) random init", 8), _lora_line(8)]
     lines += [_classify_line(b) for b in (1, 8, 16)]
     lines += [_recovery_line(), _vision_line(), _vision_line(photos=True), _vision_line(64), _vision_batch_line(4, 32),
-              _vision_batch_line(8, 32), _vision_batch_line(4, 32, photos=True), _vision_batch_line(8, 64)]
+              _vision_batch_line(8, 32), _vision_batch_line(4, 32, photos=True), _vision_batch_line(8, 32, photos=True),
+              _vision_batch_line(8, 64)]
     body = "\n".join("| " + " | ".join(cells) + " |" for cells in lines if cells)
     return (f"{BEGIN}\n| setting | measured | when, file |\n|---|---|---|\n{body}\n\nAll numbers, with their "
             f"commands: [docs/results.md](docs/results.md); how each row is produced: "

@@ -63,10 +63,12 @@ COLOUR_FIT_DROP = 50.0
 # The colour the gradient cannot see: a photo batch has more pixels than its gradient can determine (LeNet 32x32,
 # 4 photos: 12,288 pixels, bound 11,208), and the images that match it differ from the truth by colour noise at
 # the scale of a pixel. A prior on the colour planes COLOUR_TV times the grey level's chooses smooth colour. Photos
-# 0-3 in one gradient (exploratory, 2026-12-07, 100 + 100 steps from the grid's planes): 32.0-36.2 dB, where the
-# colour in 538 DCT terms gave 29.7-32.4 (truncated colour makes the gradient's fit distort the rest). Photos 0-7 in
-# one gradient, from noise: colour prior 1e-2 with grey 1e-3 1.4-3.7 dB below 3e-3; 2e-3 within 0.6 dB of it. The
-# polish keeps POLISH_PRIOR of both weights (there 28.1-36.9 dB; with the grey level's at 0, 0.6 dB lower or less).
+# 0-3 in one gradient (exploratory, 2026-12-07, 100 + 100 steps from the grid's planes, the two priors apart):
+# 32.0-36.2 dB, where the colour in 538 DCT terms gave 29.7-32.4 (truncated colour makes the gradient's fit distort
+# the rest). Photos 0-7 in one gradient, 300 + 100 steps from the grid: the priors apart 5/8 at 30 dB (28.3-37.2),
+# joint (vectorial TV) 7/8 (28.5-37.3); 100 + 100 steps: 5/8 either way. Colour weight 1e-2 with grey 1e-3 (apart,
+# from noise) 1.4-3.7 dB below 3e-3; joint from noise, 3e-3 7/8, 5e-3 or twice both weights 6/8. The polish keeps
+# POLISH_PRIOR of both weights (without the grey's: 0.6 dB lower or less; a second polish at 0.01: +0.2 dB at most).
 COLOUR_TV = 3.0
 POLISH_PRIOR = 0.1
 
@@ -202,16 +204,16 @@ class ImageAttack:
     def _finer_colour(self, plugin: ImagePlugin, found: MatchingResult, config: Any,
                       gradients: Mapping[str, torch.Tensor], generator: torch.Generator
                       ) -> tuple[MatchingResult, _Polished]:
-        """Every pixel's colour free, from the grid's planes, under a prior split in two: the search's weight on
-        the grey level and ``COLOUR_TV`` times it on the colour planes (where the batch has more pixels than its
-        gradient can determine, that prior chooses the colour the gradient cannot see). ``config``'s steps with
-        that prior, then as many with ``POLISH_PRIOR`` of it (both returned)."""
-        side = plugin.image_shape[1]
+        """Every pixel's colour free, from the grid's planes, under a joint prior: the search's weight on the grey
+        level and ``COLOUR_TV`` times it on the colour planes (where the batch has more pixels than its gradient can
+        determine, that prior chooses the colour the gradient cannot see). The matching's steps with that prior,
+        then ``config``'s with ``POLISH_PRIOR`` of it (both returned)."""
+        side, steps = plugin.image_shape[1], self.config.matching.steps
         fine = plugin.with_colour_terms(found.leaves, side * side, colour_tv=COLOUR_TV * plugin.tv)
         logger.info("every pixel's colour free (%d unknowns), the prior %.3g on the grey level and %.3g on the "
                     "colour: %d steps, then %d with %.3g of it", plugin.batch_size * image_unknowns(plugin.image_shape),
-                    fine.tv, fine.colour_tv, config.steps, config.steps, POLISH_PRIOR)
-        refit = self._match(fine, config, gradients, generator)
+                    fine.tv, fine.colour_tv, steps, config.steps, POLISH_PRIOR)
+        refit = self._match(fine, replace(config, steps=steps), gradients, generator)
         polish = fine.variant(tv=POLISH_PRIOR * fine.tv, colour_tv=POLISH_PRIOR * fine.colour_tv, start=refit.leaves)
         polished = self._match(polish, config, gradients, generator)
         logger.info("the polish with every pixel's colour ended at distance %.4g (from %.4g)", polished.distance,

@@ -94,7 +94,9 @@ class ImageAttackConfig:
         log_every: call the callbacks every this many steps (and at step 0 and the last).
         polish_steps: after a matching with an added prior, this many more steps without it (at most the
             matching's ``steps``), from where it ended (0: none), when the gradient can determine the batch
-            (:mod:`vision_dlg.capacity`).
+            (:mod:`vision_dlg.capacity`). Where that polish shows colour finer than the grid: the matching's steps
+            again with every pixel's colour free under a prior of its own, then this many with a tenth of it
+            (``ImageAttack._finer_colour``).
         chroma: colour subsampling of 3-channel images: the attack solves for a full-resolution grey level and
             two colour planes on a grid this many times coarser (1: every pixel, as the paper). None (default):
             the finest subsampling that leaves the batch well inside what the gradient can determine

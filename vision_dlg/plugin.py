@@ -35,6 +35,20 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return dx + dy
 
 
+def joint_total_variation(grey: torch.Tensor, colour: torch.Tensor, grey_weight: float,
+                          colour_weight: float) -> torch.Tensor:
+    """Total variation of a grey level ``(B, 1, H, W)`` and its colour planes ``(B, 2, H, W)`` together: per direction,
+    the mean over neighbouring pixels of ``√(a²·Δgrey² + b²·mean(Δcolour²))`` (``a``, ``b``: the weights). Colour
+    edges cost less where the grey level has one too, as a photo's colour changes mostly at the edges of its grey
+    level (vectorial TV, Blomgren and Chan 1998)."""
+    eps = 1e-8 * max(grey_weight, colour_weight) ** 2
+    total = torch.zeros((), device=grey.device)
+    for dim in (-1, -2):
+        dg, dc = grey.diff(dim=dim)[:, 0], colour.diff(dim=dim)
+        total = total + torch.sqrt(grey_weight ** 2 * dg ** 2 + colour_weight ** 2 * dc.pow(2).mean(1) + eps).mean()
+    return total
+
+
 @functools.lru_cache(maxsize=8)
 def dct_basis(side: int, terms: int) -> torch.Tensor:
     """``(side², terms)``: the orthonormal 2-D DCT-II images of a ``side``-pixel square, flattened as columns, the
@@ -83,8 +97,9 @@ class ImagePlugin:
             lowest-frequency 2-D DCT terms (``colour``, ``(B, 2, colour_terms)``; :func:`dct_basis`): as few
             unknowns as the grid's where the counts match, but more of a photo's colour for the same count
             (0: the grid, or every pixel at ``chroma`` 1; ``S·S``: every pixel's colour, in grey and colour planes).
-        colour_tv: with ``colour_terms``, the prior is split: ``tv`` on the grey level and this weight on the
-            colour planes (a photo's colour is smoother than its grey level; 0: ``tv`` on the RGB planes).
+        colour_tv: with ``colour_terms``, the prior weighs the grey level by ``tv`` and the colour planes by this,
+            together (:func:`joint_total_variation`; a photo's colour is smoother than its grey level; 0: ``tv`` on
+            the RGB planes).
     """
 
     def __init__(self, model: nn.Module, batch_size: int, image_shape: tuple[int, int, int], num_classes: int,
@@ -190,7 +205,7 @@ class ImagePlugin:
             return torch.zeros((), device=self.device)
         if self.colour_tv:
             colour = (leaves["colour"] @ self._basis.T).view(-1, 2, *self.image_shape[1:])
-            return self.tv * total_variation(leaves["images"]) + self.colour_tv * total_variation(colour)
+            return joint_total_variation(leaves["images"], colour, self.tv, self.colour_tv)
         # on the optimised leaves: the pixels, or with ``box`` their logits (smoothing the logits is the
         # stronger prior; measured on LeNet batch 4: 29 dB, against 20 dB with TV on the sigmoid pixels)
         return self.tv * total_variation(self.planes(leaves))

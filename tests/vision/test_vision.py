@@ -288,9 +288,9 @@ def test_subsampled_colour_leaves_few_enough_unknowns_for_the_gradient_to_determ
     assert chroma_for(build_model(VisionModelSpec("lenet", image_size=64)), (3, 64, 64), 1) == 2
 
 
-def test_the_colour_prior_splits_in_two_and_holds_every_pixels_colour_in_the_full_dct_basis():
+def test_the_colour_prior_weighs_grey_and_colour_together_and_holds_every_pixels_colour_in_the_full_dct_basis():
     from vision_dlg.capacity import image_unknowns
-    from vision_dlg.plugin import ImagePlugin, total_variation
+    from vision_dlg.plugin import ImagePlugin, joint_total_variation
 
     assert image_unknowns((3, 32, 32), 2, terms=538) == 1024 + 2 * 538 and image_unknowns((1, 32, 32), terms=5) == 1024
     model = build_model(SMALL)
@@ -299,12 +299,17 @@ def test_the_colour_prior_splits_in_two_and_holds_every_pixels_colour_in_the_ful
     every = grid.with_colour_terms(leaves, 256, colour_tv=3e-3)
     assert (every.tv, every.colour_tv) == (1e-3, 3e-3) and every.variant(start=None).colour_tv == 3e-3
     colour = (every.start["colour"] @ every._basis.T).view(2, 2, 16, 16)
-    expected = 1e-3 * total_variation(every.start["images"]) + 3e-3 * total_variation(colour)
+    expected = joint_total_variation(every.start["images"], colour, 1e-3, 3e-3)
     assert torch.allclose(every.regularizer(every.start), expected) and float(expected) > 0
-    # the split prior weighs the colour on its own: tripling it raises the prior by the colour's part only
-    assert not torch.allclose(every.regularizer(every.start), every.variant(colour_tv=1e-3).regularizer(every.start))
     assert grid.variant(colour_tv=3e-3).colour_tv == 0.0                # no colour planes (the grid): one prior
     assert float(every.variant(tv=0.0, colour_tv=0.0).regularizer(every.start)) == 0.0
+    # a colour edge costs less where the grey level has an edge too; apart, the two cost their sum
+    grey, hue = torch.zeros(1, 1, 8, 8), torch.zeros(1, 2, 8, 8)
+    grey[..., 4:], hue[:, 0, :, 4:] = 1.0, 2 ** 0.5                       # both edges between columns 3 and 4
+    apart = hue.roll(2, dims=-1)                                           # the colour's edges elsewhere
+    together = float(joint_total_variation(grey, hue, 1.0, 1.0))
+    assert together == pytest.approx(8 * 2 ** 0.5 / 56, abs=1e-3)         # √(1² + 1²) on 8 of 56 pairs (+ ε)
+    assert together < float(joint_total_variation(grey, apart, 1.0, 1.0)) == pytest.approx(3 * 8 / 56, abs=1e-3)
 
 
 def test_the_dct_colour_plugin_is_orthonormal_represents_grey_exactly_and_projects_a_grids_colour():
