@@ -105,7 +105,7 @@ class ImageReconstruction:
     abandoned: int = 0      # starts abandoned as stalled (their evaluations are counted in ``evaluations``)
     chroma: int = 1         # colour subsampling the attack searched under (1: every pixel)
     colour_terms: int = 0   # DCT terms per colour plane of the kept polish (0: none, :meth:`ImageAttack._polish`)
-    colour_tv: float = 0.0  # the prior's weight on the colour planes there (0: one prior on every plane)
+    colour_tv: float = 0.0  # the colour planes' prior weight in the kept polish (0: no prior of their own)
 
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.batch, "index": self.index, "label": self.label, "distance": self.distance,

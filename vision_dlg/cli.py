@@ -97,7 +97,8 @@ def _add_attack_options(p: argparse.ArgumentParser) -> None:
                    help="solve for a full-resolution grey level and two colour planes N times coarser, as JPEG "
                         "stores a photo (a grey image loses nothing); 1: every pixel, as the paper (default: the "
                         "finest N that leaves the batch well inside what its gradient can determine; 1 for one 32x32 "
-                        "image)")
+                        "image). Where the polish shows a photo's colour finer than that grid, every pixel's colour is "
+                        "freed again under a prior of its own")
     a.add_argument("--no-normalize", dest="normalize", action="store_false",
                    help="let L-BFGS see the raw distance even when it starts below 1 (by default such a distance is "
                         "divided by its first value: same minimiser, but torch's absolute thresholds no longer freeze "
