@@ -6,7 +6,8 @@ and, when the labels are not known, label logits ``(B, K)`` (DLG's soft labels: 
 cross-entropy against their softmax). With labels read off the gradient (iDLG, :mod:`vision_dlg.labels`)
 only the pixels are optimised. Every parameter's gradient is matched. Optional prior: total variation of
 the images (Inverting Gradients, Geiping et al. 2020) with weight ``tv`` (``regularizer``; the engine adds it
-to the distance or scales the distance by it, ``MatchingConfig.prior``).
+to the distance or scales the distance by it, ``MatchingConfig.prior``); with the colour in planes of its own
+(``colour_tv``), one joint prior on the grey level and the colour (:func:`joint_total_variation`).
 """
 
 from __future__ import annotations
