@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,15 +115,6 @@ class ImageReconstruction:
                 "chroma": self.chroma, "colour_terms": self.colour_terms, "colour_tv": self.colour_tv}
 
 
-class _Polished(NamedTuple):
-    """One polish without the prior: the form it ran in, its run, and the steps of the prior stage it started from
-    beyond the search's (a finer-colour refit's; 0 from the search's own end)."""
-
-    plugin: ImagePlugin
-    run: MatchingResult
-    before: int
-
-
 class ImageAttack:
     """Reconstruct the images behind an image-classification gradient.
 
@@ -187,27 +178,25 @@ class ImageAttack:
         steps = min(self.config.polish_steps, self.config.matching.steps)
         logger.info("polishing without the prior: %d more steps from distance %.4g", steps, found.distance)
         config = replace(self.config.matching, steps=steps, restarts=1, stall_step=None)
-        grid = plugin.variant(tv=0.0, start=found.leaves)
-        kept, spent = _Polished(grid, self._match(grid, config, gradients, generator), 0), []
-        if plugin.chroma > 1 and kept.run.distance > found.distance / COLOUR_FIT_DROP:
+        kept = plugin.variant(tv=0.0, start=found.leaves)
+        run = self._match(kept, config, gradients, generator)
+        spent, before = [run], 0                # every run paid for; the refit's steps before the kept polish
+        if plugin.chroma > 1 and run.distance > found.distance / COLOUR_FIT_DROP:
             logger.info("the polish with colour subsampled %d-fold fell only %.3gx (to %.4g): the colour is finer "
-                        "than the grid", plugin.chroma, found.distance / kept.run.distance, kept.run.distance)
-            spent.append(kept.run)
-            refit, kept = self._finer_colour(plugin, found, config, gradients, generator)
-            spent.append(refit)
-        spent.append(kept.run)                                  # every run paid for, the refit's prior stage too
-        return kept.plugin, replace(kept.run, steps=found.steps + kept.before + kept.run.steps,
-                                    abandoned=found.abandoned,
-                                    total_evaluations=found.total_evaluations + sum(r.total_evaluations for r in spent),
-                                    seconds=found.seconds + sum(r.seconds for r in spent))
+                        "than the grid", plugin.chroma, found.distance / run.distance, run.distance)
+            refit, kept, run = self._finer_colour(plugin, found, config, gradients, generator)
+            spent, before = [*spent, refit, run], refit.steps
+        return kept, replace(run, steps=found.steps + before + run.steps, abandoned=found.abandoned,
+                             total_evaluations=found.total_evaluations + sum(r.total_evaluations for r in spent),
+                             seconds=found.seconds + sum(r.seconds for r in spent))
 
     def _finer_colour(self, plugin: ImagePlugin, found: MatchingResult, config: Any,
                       gradients: Mapping[str, torch.Tensor], generator: torch.Generator
-                      ) -> tuple[MatchingResult, _Polished]:
+                      ) -> tuple[MatchingResult, ImagePlugin, MatchingResult]:
         """Every pixel's colour free, from the grid's planes, under a joint prior: the search's weight on the grey
         level and ``COLOUR_TV`` times it on the colour planes (where the batch has more pixels than its gradient can
         determine, that prior chooses the colour the gradient cannot see). The matching's steps with that prior,
-        then ``config``'s with ``POLISH_PRIOR`` of it (both returned)."""
+        then ``config``'s with ``POLISH_PRIOR`` of it: the refit's run, the polish's plugin and its run."""
         side, steps = plugin.image_shape[1], self.config.matching.steps
         fine = plugin.with_colour_terms(found.leaves, side * side, colour_tv=COLOUR_TV * plugin.tv)
         logger.info("every pixel's colour free (%d unknowns), the prior %.3g on the grey level and %.3g on the "
@@ -218,7 +207,7 @@ class ImageAttack:
         polished = self._match(polish, config, gradients, generator)
         logger.info("the polish with every pixel's colour ended at distance %.4g (from %.4g)", polished.distance,
                     refit.distance)
-        return refit, _Polished(polish, polished, refit.steps)
+        return refit, polish, polished
 
     def _match(self, plugin: ImagePlugin, config: Any, gradients: Mapping[str, torch.Tensor],
                generator: torch.Generator) -> MatchingResult:

@@ -409,7 +409,7 @@ def test_a_determined_batch_is_polished_without_its_prior_and_an_undetermined_on
     assert "colour subsampled 2-fold, 6912 unknowns (determined)" in caplog.text      # 2 x (48² + 2 x 24²)
     assert "polishing without the prior: 1 more steps" in caplog.text and rec.chroma == 2
     assert "the polish with colour subsampled 2-fold fell only" in caplog.text        # one step falls little
-    # then every pixel's colour free (2 x 3 x 48² unknowns) under the split prior, and that is kept
+    # then every pixel's colour free (2 x 3 x 48² unknowns) under the joint prior, and that is kept
     assert "every pixel's colour free (13824 unknowns), the prior 0.001 on the grey level and 0.003" in caplog.text
     assert rec.colour_terms == 48 * 48 and rec.colour_tv == pytest.approx(attack_module.POLISH_PRIOR * 3e-3)
     assert rec.to_json()["colour_tv"] == rec.colour_tv and rec.tv == 1e-3
